@@ -1,0 +1,303 @@
+"""The block cache: fixed-size blocks of remote files, in memory over disk, fetched once.
+
+Why 256 KiB blocks: an indexed BAM/VCF region query touches the index and a few BGZF blocks of at
+most 64 KiB each, and the kernel asks 128 KiB to 1 MiB per read; 256 KiB keeps the bytes fetched
+for a random read within a small multiple of what it uses, while long sequential reads still go
+out as multi-megabyte ranged GETs that cover many blocks (see `reader.py`). 1 GiB is 4096 blocks,
+few enough for per-block bookkeeping in Python.
+
+The memory LRU is bounded in bytes (`cachetools.LRUCache` with `getsizeof=len`). The disk cache
+holds one file per block, each with a header naming the object and block and a CRC32 of the data,
+written to a temporary name and renamed: a torn or foreign block is detected, deleted and fetched
+again, never served. Its LRU order is the files' mtimes, so it survives remounts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+import zlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cachetools
+import httpx
+import trio
+
+from omicsfs.errors import PlatformError
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 256 * 1024
+
+#: Fetches the bytes [start, end) of one object, in order.
+Source = Callable[[int, int], AsyncIterator[bytes]]
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One file's content at one version: the unit cached blocks belong to."""
+
+    digest: bytes  # 16 bytes, from the platform, the file's id and its version
+    size: int
+
+    @classmethod
+    def for_file(cls, platform: str, uid: str, version: str, size: int) -> ObjectRef:
+        identity = "\0".join((platform, uid, version, str(size))).encode()
+        return cls(hashlib.blake2b(identity, digest_size=16).digest(), size)
+
+    @property
+    def hex(self) -> str:
+        return self.digest.hex()
+
+    def block_count(self) -> int:
+        return -(-self.size // BLOCK_SIZE)
+
+    def block_length(self, index: int) -> int:
+        return min(BLOCK_SIZE, self.size - index * BLOCK_SIZE)
+
+
+class DiskCache:
+    """Blocks on disk, bounded in bytes, least recently used evicted first."""
+
+    HEADER = struct.Struct("<8s16sQII")  # magic, object digest, block index, data length, CRC32
+    MAGIC = b"OMFSBLK1"
+
+    def __init__(self, directory: Path, capacity: int):
+        self.directory = directory / "blocks"
+        self.capacity = capacity
+        self.used = 0
+        self._sizes: OrderedDict[str, int] = OrderedDict()  # path -> bytes on disk, oldest first
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    def _load(self) -> None:
+        found = []
+        for path in self.directory.glob("*/*"):
+            if path.suffix == ".tmp":  # a write cut short by a crash
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            found.append((stat.st_mtime_ns, str(path), stat.st_size))
+        for _, path, size in sorted(found):
+            self._sizes[path] = size
+            self.used += size
+        self._evict(0)
+
+    def _path(self, obj: ObjectRef, index: int) -> Path:
+        return self.directory / obj.hex[:2] / f"{obj.hex}.{index}"
+
+    def __contains__(self, item: tuple[ObjectRef, int]) -> bool:
+        return str(self._path(*item)) in self._sizes
+
+    def get(self, obj: ObjectRef, index: int) -> bytes | None:
+        path = self._path(obj, index)
+        key = str(path)
+        if key not in self._sizes:
+            return None
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            self._forget(key)
+            return None
+        data = raw[self.HEADER.size :]
+        try:
+            magic, digest, stored_index, length, crc = self.HEADER.unpack_from(raw)
+        except struct.error:
+            magic = None
+        if (
+            magic != self.MAGIC
+            or digest != obj.digest
+            or stored_index != index
+            or length != len(data)
+            or length != obj.block_length(index)
+            or crc != zlib.crc32(data)
+        ):
+            log.warning("cache: discarding torn or corrupt block %s", path.name)
+            path.unlink(missing_ok=True)
+            self._forget(key)
+            return None
+        self._sizes.move_to_end(key)
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+        return data
+
+    def put(self, obj: ObjectRef, index: int, data: bytes) -> None:
+        size = self.HEADER.size + len(data)
+        if size > self.capacity:
+            return
+        path = self._path(obj, index)
+        key = str(path)
+        if key in self._sizes:
+            return
+        self._evict(size)
+        path.parent.mkdir(exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        try:
+            with open(temporary, "wb") as file:
+                file.write(self.HEADER.pack(self.MAGIC, obj.digest, index, len(data), zlib.crc32(data)))
+                file.write(data)
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.warning("cache: cannot write block %s: %s", path.name, exc)
+            temporary.unlink(missing_ok=True)
+            return
+        self._sizes[key] = size
+        self.used += size
+
+    def _forget(self, key: str) -> None:
+        self.used -= self._sizes.pop(key, 0)
+
+    def _evict(self, incoming: int) -> None:
+        while self._sizes and self.used + incoming > self.capacity:
+            key, size = self._sizes.popitem(last=False)
+            self.used -= size
+            Path(key).unlink(missing_ok=True)
+
+
+class _Pending:
+    """A block being fetched: every reader of it waits here instead of asking again."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._data: bytes | None = None
+        self._error: BaseException | None = None
+
+    def set(self, data: bytes) -> None:
+        self._data = data
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> bytes:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._data is not None
+        return self._data
+
+
+@dataclass
+class CacheStats:
+    requests: int = 0
+    bytes_fetched: int = 0
+    memory_hits: int = 0
+    disk_hits: int = 0
+
+
+class BlockCache:
+    """Blocks in a byte-bounded memory LRU over a `DiskCache`; each missing block fetched once."""
+
+    #: Largest range one GET asks for; longer runs are split so that several requests stream at once.
+    MAX_REQUEST = 16 * 1024 * 1024
+    #: Mid-body failures (a connection cut after the headers) are resumed this many times.
+    RESUMES = 3
+
+    def __init__(self, memory_bytes: int, disk: DiskCache, nursery: trio.Nursery, parallel: int = 8):
+        self.memory: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(memory_bytes, BLOCK_SIZE), getsizeof=len)
+        self.disk = disk
+        self.nursery = nursery
+        self.stats = CacheStats()
+        self._pending: dict[tuple[bytes, int], _Pending] = {}
+        self._requests = trio.CapacityLimiter(parallel)
+
+    def cached(self, obj: ObjectRef, index: int) -> bytes | None:
+        key = (obj.digest, index)
+        data = self.memory.get(key)
+        if data is not None:
+            self.stats.memory_hits += 1
+            return data
+        data = self.disk.get(obj, index)
+        if data is not None:
+            self.stats.disk_hits += 1
+            self.memory[key] = data
+        return data
+
+    def _is_missing(self, obj: ObjectRef, index: int) -> bool:
+        key = (obj.digest, index)
+        return key not in self.memory and key not in self._pending and (obj, index) not in self.disk
+
+    def prefetch(self, obj: ObjectRef, source: Source, first: int, last: int) -> None:
+        """Start fetching whichever of blocks first..last are neither cached nor on their way."""
+        last = min(last, obj.block_count() - 1)
+        per_request = self.MAX_REQUEST // BLOCK_SIZE
+        runs: list[list[int]] = []
+        for index in range(first, last + 1):
+            if not self._is_missing(obj, index):
+                continue
+            if runs and runs[-1][-1] == index - 1 and len(runs[-1]) < per_request:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        for run in runs:
+            self._start(obj, source, run)
+
+    def _start(self, obj: ObjectRef, source: Source, run: list[int]) -> None:
+        for index in run:
+            self._pending[(obj.digest, index)] = _Pending()
+        self.nursery.start_soon(self._fetch, obj, source, run[0], run[-1])
+
+    async def get(self, obj: ObjectRef, source: Source, index: int) -> bytes:
+        data = self.cached(obj, index)
+        if data is not None:
+            return data
+        pending = self._pending.get((obj.digest, index))
+        if pending is None:
+            self.prefetch(obj, source, index, index)
+            pending = self._pending[(obj.digest, index)]
+        return await pending.wait()
+
+    async def _fetch(self, obj: ObjectRef, source: Source, first: int, last: int) -> None:
+        index = first
+        end = min(obj.size, (last + 1) * BLOCK_SIZE)
+        resumes = 0
+        try:
+            async with self._requests:
+                while index <= last:
+                    buffer = bytearray()
+                    try:
+                        self.stats.requests += 1
+                        async for chunk in source(index * BLOCK_SIZE, end):
+                            self.stats.bytes_fetched += len(chunk)
+                            buffer += chunk
+                            while index <= last and len(buffer) >= obj.block_length(index):
+                                length = obj.block_length(index)
+                                self._store(obj, index, bytes(buffer[:length]))
+                                del buffer[:length]
+                                index += 1
+                        if index <= last:
+                            raise httpx.RemoteProtocolError("the body ended before the range did")
+                    except (httpx.TransportError, httpx.StreamError) as exc:
+                        resumes += 1
+                        if resumes > self.RESUMES:
+                            raise PlatformError(f"reading stopped {resumes} times; last: {type(exc).__name__}") from exc
+                        log.info("fetch cut short at block %d (%s); resuming", index, type(exc).__name__)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else PlatformError("fetch cancelled")
+            for remaining in range(index, last + 1):
+                pending = self._pending.pop((obj.digest, remaining), None)
+                if pending is not None:
+                    pending.fail(error)
+            if not isinstance(exc, (PlatformError, trio.Cancelled)):
+                log.exception("fetch failed unexpectedly")
+            if isinstance(exc, trio.Cancelled):
+                raise
+
+    def _store(self, obj: ObjectRef, index: int, data: bytes) -> None:
+        key = (obj.digest, index)
+        self.memory[key] = data
+        self.disk.put(obj, index, data)
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending.set(data)

@@ -1,0 +1,286 @@
+"""The `omicsfs` command: mount, unmount, demo, emulator."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from omicsfs import __version__
+from omicsfs.config import Config, PlatformConfig, load, parse_size, xdg_dir
+from omicsfs.errors import OmicsfsError
+
+log = logging.getLogger("omicsfs")
+
+_URL_QUERY = re.compile(r"(https?://[^\s?'\"<>]+)\?[^\s'\"<>]*")
+
+
+class Redact(logging.Filter):
+    """Keeps tokens and presigned URLs' query strings out of every log line, whoever logs it."""
+
+    def __init__(self, secrets: list[str]):
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = _URL_QUERY.sub(r"\1?…", record.getMessage())
+        for secret in self.secrets:
+            message = message.replace(secret, "<token>")
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = _URL_QUERY.sub(r"\1?…", record.exc_text)
+            for secret in self.secrets:
+                record.exc_text = record.exc_text.replace(secret, "<token>")
+        record.msg, record.args = message, ()
+        return True
+
+
+def setup_logging(debug: bool, secrets: list[str], log_file: Path | None = None) -> None:
+    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(Redact(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # httpx logs every request with its full URL (presigned signatures included) at INFO/DEBUG.
+    for noisy in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def default_log_file() -> Path:
+    directory = xdg_dir("XDG_STATE_HOME", ".local/state") / "omicsfs"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / "omicsfs.log"
+
+
+def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    if args.cache_dir:
+        config.cache_dir = Path(args.cache_dir).expanduser()
+    if args.cache_size:
+        config.cache_size = parse_size(args.cache_size)
+    if args.memory_cache_size:
+        config.memory_cache_size = parse_size(args.memory_cache_size)
+    if args.metadata_ttl is not None:
+        config.metadata_ttl = args.metadata_ttl
+    return config
+
+
+# -- mount ---------------------------------------------------------------------------------------
+
+
+def _serve_foreground(config: Config, mountpoint: Path, ready_fd: int | None, banner: str | None = None) -> int:
+    from omicsfs.mount import serve
+
+    def ready() -> None:
+        if banner:
+            print(banner, flush=True)
+        if ready_fd is not None:
+            os.write(ready_fd, b"ok\n")
+            os.close(ready_fd)
+
+    try:
+        trio.run(serve, config, mountpoint, ready)
+    except OmicsfsError as exc:
+        message = f"omicsfs: {exc}"
+        log.error("%s", exc)
+        if ready_fd is not None:
+            os.write(ready_fd, message.encode() + b"\n")
+        if ready_fd is None or sys.stderr.isatty():
+            print(message, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _mount_background(args: argparse.Namespace, mountpoint: Path, log_file: Path) -> int:
+    """Start the daemon and wait until it reports the mount live or failed."""
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-m", "omicsfs", "mount", str(mountpoint), "--foreground", "--ready-fd", str(write_end),
+               "--log-file", str(log_file)]
+    for option in ("config", "cache_dir", "cache_size", "memory_cache_size", "metadata_ttl"):
+        value = getattr(args, option)
+        if value is not None:
+            command += [f"--{option.replace('_', '-')}", str(value)]
+    if args.debug:
+        command.append("--debug")
+    with open(log_file, "ab") as log_output:
+        daemon = subprocess.Popen(command, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=log_output,
+                                  stderr=log_output, start_new_session=True)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as report:
+        message = report.read().decode(errors="replace").strip()
+    if message == "ok":
+        print(f"omicsfs: mounted {mountpoint} (log: {log_file}; unmount with: omicsfs unmount {mountpoint})")
+        return 0
+    code = daemon.wait()
+    print(message or f"omicsfs: the daemon exited with status {code} before mounting; see {log_file}", file=sys.stderr)
+    from omicsfs.mount import is_mounted, unmount
+
+    if is_mounted(mountpoint):  # never leave a dead mount point behind
+        unmount(mountpoint, lazy=True)
+    return 1
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    mountpoint = Path(args.mountpoint).absolute()
+    try:
+        config = _apply_overrides(load(Path(args.config) if args.config else None), args)
+    except (OmicsfsError, ValueError) as exc:
+        print(f"omicsfs: {exc}", file=sys.stderr)
+        return 2
+    log_file = Path(args.log_file) if args.log_file else (None if args.foreground and args.ready_fd is None else default_log_file())
+    setup_logging(args.debug, config.secrets(), log_file)
+    if args.foreground:
+        return _serve_foreground(config, mountpoint, args.ready_fd)
+    return _mount_background(args, mountpoint, log_file)
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    from omicsfs.mount import is_mounted, unmount
+
+    mountpoint = Path(args.mountpoint).absolute()
+    if not is_mounted(mountpoint):
+        print(f"omicsfs: {mountpoint} is not mounted", file=sys.stderr)
+        return 1
+    try:
+        unmount(mountpoint, lazy=args.lazy)
+    except OmicsfsError as exc:
+        print(f"omicsfs: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- emulator and demo ---------------------------------------------------------------------------
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from omicsfs.emulator.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(args.port, Path(args.data) if args.data else None, args.token, parse_size(args.large_file_size), args.host)
+    return 0
+
+
+DEMO_HINTS = """\
+omicsfs demo: the emulator's sample BaseSpace account is mounted at {mnt}
+
+Try, in another terminal:
+  ls {mnt}/basespace/Projects
+  ls -la "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Alignment"
+  samtools view -c "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Alignment/S1.bam" chr1:100000-200000
+  tabix "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Variants/S1.vcf.gz" chr2:1-50000 | head
+  md5sum {mnt}/basespace/Projects/RNA\\ Pilot*/Samples/*/Files/*.fastq.gz
+  cat "{mnt}/basespace/Projects/Tumor-Normal WGS/.json"
+  getfattr -d -m user.omicsfs "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Alignment/S1.bam"
+  ls {mnt}/basespace/Runs/*/Files/Data/Intensities/BaseCalls/L001 | head
+
+Press Ctrl-C here to unmount and stop.
+"""
+
+
+def demo_config(url: str, token: str, cache_dir: Path) -> Config:
+    platforms = [PlatformConfig("basespace", "basespace", {"url": f"{url}/basespace", "token": token})]
+    return Config(platforms, cache_dir=cache_dir, cache_size=2 * 1024**3, metadata_ttl=60.0, source="<demo>")
+
+
+def wait_for_emulator(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise OmicsfsError(f"the emulator exited with status {process.returncode}")
+        try:
+            httpx.get(f"{url}/_emulator/knobs", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise OmicsfsError(f"the emulator did not answer at {url} within {timeout:.0f} s")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from omicsfs.emulator import DEFAULT_TOKEN
+    from omicsfs.emulator.server import free_port
+
+    mountpoint = Path(args.mountpoint).absolute()
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    port = args.port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "omicsfs", "emulator", "--port", str(port), "--large-file-size", args.large_file_size]
+    if args.data:
+        command += ["--data", args.data]
+    print("omicsfs demo: starting the emulator (the first run generates its sample data)...", flush=True)
+    emulator = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_emulator(url, emulator)
+        with tempfile.TemporaryDirectory(prefix="omicsfs-demo-cache-") as cache_dir:
+            config = demo_config(url, DEFAULT_TOKEN, Path(cache_dir))
+            setup_logging(args.debug, config.secrets())
+            return _serve_foreground(config, mountpoint, None, banner=DEMO_HINTS.format(mnt=mountpoint))
+    except OmicsfsError as exc:
+        print(f"omicsfs: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        emulator.terminate()
+        emulator.wait()
+
+
+# -- argument parsing ----------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="omicsfs", description="Mount genomics platforms as one directory tree.")
+    top.add_argument("--version", action="version", version=f"omicsfs {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    mount = commands.add_parser("mount", help="mount the configured platforms")
+    mount.add_argument("mountpoint")
+    mount.add_argument("--config", help="configuration file (default: $OMICSFS_CONFIG, else ~/.config/omicsfs/config.toml)")
+    mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground until unmounted")
+    mount.add_argument("--cache-dir", help="on-disk block cache directory (default ~/.cache/omicsfs)")
+    mount.add_argument("--cache-size", help="on-disk block cache size, e.g. 10G (default 10G)")
+    mount.add_argument("--memory-cache-size", help="in-memory block cache size, e.g. 256M (default 256M)")
+    mount.add_argument("--metadata-ttl", type=float, help="seconds listings and attributes are cached (default 60)")
+    mount.add_argument("--debug", action="store_true", help="log every operation")
+    mount.add_argument("--log-file", help="log file (default: stderr in the foreground, else ~/.local/state/omicsfs/omicsfs.log)")
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    mount.set_defaults(run=cmd_mount)
+
+    unmount = commands.add_parser("unmount", help="unmount")
+    unmount.add_argument("mountpoint")
+    unmount.add_argument("--lazy", "-z", action="store_true", help="detach now, clean up when no longer busy")
+    unmount.set_defaults(run=cmd_unmount)
+
+    demo = commands.add_parser("demo", help="mount the built-in emulator's sample data")
+    demo.add_argument("mountpoint")
+    demo.add_argument("--port", type=int, help="emulator port (default: a free one)")
+    demo.add_argument("--data", help="emulator data directory (default ~/.cache/omicsfs/emulator-data)")
+    demo.add_argument("--large-file-size", default="1G", help="size of the sample account's large file (default 1G)")
+    demo.add_argument("--debug", action="store_true")
+    demo.set_defaults(run=cmd_demo)
+
+    emulator = commands.add_parser("emulator", help="run the platform emulators alone")
+    emulator.add_argument("--port", type=int, default=8780)
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--data", help="data directory (default ~/.cache/omicsfs/emulator-data)")
+    emulator.add_argument("--token", default=None, help="the token the emulator accepts")
+    emulator.add_argument("--large-file-size", default="1G", help="size of the sample account's large file")
+    emulator.set_defaults(run=cmd_emulator)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "command", None) == "emulator" and args.token is None:
+        from omicsfs.emulator import DEFAULT_TOKEN
+
+        args.token = DEFAULT_TOKEN
+    return args.run(args)

@@ -1,0 +1,245 @@
+"""Emulators of the platforms: real HTTP servers that behave as the API references describe.
+
+One server (`omicsfs emulator`) serves every platform under its own prefix (`/basespace/...`),
+an S3-like object store (`/store/...`) that hands out HMAC-signed, expiring URLs and serves
+`Range`, and a control API (`/_emulator/...`) through which tests and benchmarks turn the quirks
+up (page caps, URL lifetime, injected failures) and read what the server saw.
+
+A platform's emulator is the module `omicsfs.emulator.<kind>`, exporting `PREFIX` and
+`routes(world)`; it is found by name, as platform modules are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import importlib
+import os
+import pkgutil
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+
+DEFAULT_TOKEN = "omicsfs-demo-token"
+#: Not platform modules: the shared pieces of the emulator package.
+_SHARED_MODULES = {"sampledata", "server"}
+
+
+@dataclass
+class Knobs:
+    """What tests turn up. Every field can be set through `POST /_emulator/knobs`."""
+
+    #: The most items any list page holds, whatever `Limit` asked (real servers cap pages too).
+    page_cap: int = 250
+    #: Seconds a presigned URL stays valid.
+    url_lifetime: float = 600.0
+    #: Failures to inject: the next `count` requests whose path starts with `prefix` get `status`.
+    failures: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Stats:
+    """What the server saw, for tests and benchmarks."""
+
+    api_requests: int = 0
+    store_requests: int = 0
+    store_bytes: int = 0
+    injected_failures: int = 0
+    store_ranges: list[str] = field(default_factory=list)
+
+
+class World:
+    """The emulator's state: the data on disk, the knobs, the object store's signing key, the stats."""
+
+    def __init__(self, data_dir: Path, token: str = DEFAULT_TOKEN, large_file_size: int = 1 << 30):
+        self.data_dir = Path(data_dir)
+        self.token = token
+        self.large_file_size = large_file_size
+        self.knobs = Knobs()
+        self.stats = Stats()
+        self._key = hashlib.sha256(b"omicsfs-emulator" + token.encode()).digest()
+        #: object id -> file on disk, registered by each platform's emulator.
+        self.objects: dict[str, Path] = {}
+
+    # -- presigned URLs --------------------------------------------------------------------
+
+    def _signature(self, object_id: str, expires: int) -> str:
+        return hmac.new(self._key, f"{object_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def presign(self, request: Request, object_id: str) -> tuple[str, int]:
+        """An absolute URL of the store for `object_id`, valid for `knobs.url_lifetime` seconds."""
+        expires = int(time.time() + self.knobs.url_lifetime)
+        base = str(request.base_url).rstrip("/")
+        return f"{base}/store/{object_id}?X-Expires={expires}&X-Signature={self._signature(object_id, expires)}", expires
+
+    def verify(self, object_id: str, expires: str, signature: str) -> str | None:
+        """Why a presigned URL is refused, or None if it is good."""
+        try:
+            expires_at = int(expires)
+        except ValueError:
+            return "AuthorizationQueryParametersError"
+        if not hmac.compare_digest(self._signature(object_id, expires_at), signature):
+            return "SignatureDoesNotMatch"
+        if expires_at < time.time():
+            return "Request has expired"
+        return None
+
+    # -- injected failures -------------------------------------------------------------------
+
+    def injected_failure(self, path: str) -> dict | None:
+        for failure in self.knobs.failures:
+            if path.startswith(failure.get("prefix", "/")) and failure.get("count", 0) > 0:
+                failure["count"] -= 1
+                self.stats.injected_failures += 1
+                return failure
+        return None
+
+
+# -- the object store --------------------------------------------------------------------------
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+    """(start, end inclusive), None for the whole object, or "unsatisfiable"."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if not match or match.groups() == ("", ""):
+        return None  # as S3: a malformed Range is ignored
+    first, last = match.groups()
+    if first == "":
+        length = int(last)
+        if length == 0:
+            return "unsatisfiable"
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        return "unsatisfiable"
+    return start, end
+
+
+def _s3_error(status: int, code: str, message: str) -> Response:
+    body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'
+    return Response(body, status_code=status, media_type="application/xml")
+
+
+async def store_object(request: Request) -> Response:
+    world: World = request.app.state.world
+    world.stats.store_requests += 1
+    object_id = request.path_params["object_id"]
+    refused = world.verify(object_id, request.query_params.get("X-Expires", ""), request.query_params.get("X-Signature", ""))
+    if refused:
+        return _s3_error(403, "AccessDenied", refused)
+    path = world.objects.get(object_id)
+    if path is None:
+        return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+    size = path.stat().st_size
+    wanted = parse_range(request.headers.get("range"), size)
+    if wanted == "unsatisfiable":
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    start, end = wanted if wanted else (0, size - 1)
+    length = max(0, end - start + 1)
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(length), "ETag": f'"{object_id}-{size}"'}
+    status = 200
+    if wanted:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    world.stats.store_ranges.append(f"{object_id}:{start}-{end}")
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+
+    async def body():
+        with open(path, "rb") as file:
+            file.seek(start)
+            remaining = length
+            while remaining:
+                chunk = file.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                world.stats.store_bytes += len(chunk)
+                yield chunk
+
+    return StreamingResponse(body(), status_code=status, headers=headers, media_type="application/octet-stream")
+
+
+# -- control API -------------------------------------------------------------------------------
+
+
+async def get_stats(request: Request) -> Response:
+    return JSONResponse(dataclasses.asdict(request.app.state.world.stats))
+
+
+async def reset_stats(request: Request) -> Response:
+    request.app.state.world.stats = Stats()
+    return JSONResponse({})
+
+
+async def knobs(request: Request) -> Response:
+    world: World = request.app.state.world
+    if request.method == "POST":
+        changes = await request.json()
+        unknown = set(changes) - {f.name for f in dataclasses.fields(Knobs)}
+        if unknown:
+            return JSONResponse({"error": f"unknown knobs {sorted(unknown)}"}, status_code=400)
+        for name, value in changes.items():
+            setattr(world.knobs, name, value)
+    return JSONResponse(dataclasses.asdict(world.knobs))
+
+
+# -- assembly ----------------------------------------------------------------------------------
+
+
+def platform_modules() -> list:
+    import omicsfs.emulator as package
+
+    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name not in _SHARED_MODULES and not m.name.startswith("_"))
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
+
+
+class _InjectFailures:
+    """ASGI middleware: answers injected failures (429 storms, 5xx) before any route runs."""
+
+    def __init__(self, app, world: World):
+        self.app = app
+        self.world = world
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not scope["path"].startswith("/_emulator"):
+            failure = self.world.injected_failure(scope["path"])
+            if failure is not None:
+                status = int(failure.get("status", 500))
+                headers = {str(k): str(v) for k, v in failure.get("headers", {}).items()}
+                response = JSONResponse(failure.get("body", {"message": f"injected {status}"}), status_code=status, headers=headers)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(world: World) -> Starlette:
+    routes = [
+        Route("/store/{object_id}", store_object, methods=["GET", "HEAD"]),
+        Route("/_emulator/stats", get_stats),
+        Route("/_emulator/stats/reset", reset_stats, methods=["POST"]),
+        Route("/_emulator/knobs", knobs, methods=["GET", "POST"]),
+    ]
+    for module in platform_modules():
+        routes.append(Mount(module.PREFIX, routes=module.routes(world)))
+    app = Starlette(routes=routes)
+    app.state.world = world
+    app.add_middleware(_InjectFailures, world=world)
+    return app
+
+
+def default_data_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "omicsfs" / "emulator-data"

@@ -1,0 +1,306 @@
+"""BaseSpace V1 (`v1pre3`), as the API reference (seed 002) describes it, quirks included.
+
+- Envelope `{"Response": ..., "ResponseStatus": {}, "Notifications": []}`; lists carry `Items`,
+  `DisplayedCount`, `TotalCount`, `Offset`, `Limit`, `SortDir`, `SortBy`.
+- `Limit` defaults to 10, at most 1024 (1000 for file lists); pages are further capped by
+  `knobs.page_cap`, so a client must page by what it received.
+- `Href*` values are relative with no leading slash (`v1pre3/projects/1`).
+- Run list items have no `Name`, only `ExperimentName`; `runs/{id}` has `Name`.
+- Run file items carry only `Id`, `Href`, `Name`, `Size`, `Path`, `DateCreated`.
+- The token is accepted from `x-access-token`, `Authorization: Bearer` or `?access_token=`;
+  anything else gets 401.
+- `files/{id}/content` answers 302 to a presigned URL with an `Expires` header, or with
+  `?redirect=meta` a JSON `HrefContent` / `Expires`.
+- 429s (injected through the knobs) carry `X-RateLimit-*` and `X-Retry-After`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from omicsfs.emulator import World
+from omicsfs.emulator import sampledata
+
+PREFIX = "/basespace"
+API = "v1pre3"
+
+
+def envelope(response: dict, status: int = 200, message: str | None = None) -> JSONResponse:
+    status_body = {"Message": message, "ErrorCode": f"BASESPACE.{status}"} if message else {}
+    return JSONResponse({"Response": response, "ResponseStatus": status_body, "Notifications": []}, status_code=status)
+
+
+def rate_limit_failure(retry_after: int = 1, count: int = 1) -> dict:
+    """A knob value for a 429 storm the way BaseSpace sends it."""
+    return {
+        "prefix": PREFIX,
+        "status": 429,
+        "count": count,
+        "headers": {
+            "X-RateLimit-Policy": "api-requests-per-day",
+            "X-RateLimit-Limit": "10000",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": "2026-11-23T00:00:00.0000000Z",
+            "X-Retry-After": str(retry_after),
+        },
+        "body": {"ResponseStatus": {"ErrorCode": "BASESPACE.TOO_MANY_REQUESTS", "Message": "Rate limit exceeded"}},
+    }
+
+
+class Account:
+    """The generated account, indexed by id the way the endpoints look things up."""
+
+    def __init__(self, world: World):
+        directory = world.data_dir / "basespace"
+        self.data = sampledata.generate(directory, world.large_file_size)
+        self.user = self.data["user"]
+        self.projects = {p["Id"]: p for p in self.data["projects"]}
+        self.samples = {s["Id"]: s for p in self.data["projects"] for s in p["samples"]}
+        self.appresults = {a["Id"]: a for p in self.data["projects"] for a in p["appresults"]}
+        self.runs = {r["Id"]: r for r in self.data["runs"]}
+        self.files = {}
+        for _, _, item in sampledata.iter_files(self.data):
+            self.files[item["Id"]] = item
+            world.objects[item["Id"]] = sampledata.object_path(directory, item["Id"])
+
+    def owner(self) -> dict:
+        return {"Id": self.user["Id"], "Href": f"{API}/users/{self.user['Id']}", "Name": self.user["Name"]}
+
+
+def routes(world: World) -> list[Route]:
+    account = Account(world)
+
+    def authorized(request: Request) -> bool:
+        world.stats.api_requests += 1
+        header = request.headers.get("x-access-token")
+        bearer = request.headers.get("authorization", "")
+        token = header or (bearer[7:] if bearer.lower().startswith("bearer ") else None) or request.query_params.get("access_token")
+        return token == world.token
+
+    def unauthorized() -> JSONResponse:
+        return envelope({}, 401, "Unauthorized: the access token is missing, invalid or revoked")
+
+    def not_found(what: str) -> JSONResponse:
+        return envelope({}, 404, f"{what} not found")
+
+    def page(request: Request, items: list[dict], max_limit: int = 1024) -> JSONResponse:
+        query = request.query_params
+        try:
+            offset = int(query.get("Offset", 0))
+            limit = int(query.get("Limit", 10))
+        except ValueError:
+            return envelope({}, 400, "Offset and Limit must be integers")
+        if not 0 <= limit <= max_limit or offset < 0:
+            return envelope({}, 400, f"Limit must be within 0-{max_limit}")
+        sort_by = query.get("SortBy", "Id")
+        descending = query.get("SortDir", "Asc").lower() == "desc"
+        ordered = sorted(items, key=lambda item: _sort_key(item.get(sort_by, item.get("Id"))), reverse=descending)
+        shown = ordered[offset : offset + min(limit, world.knobs.page_cap)]
+        return envelope(
+            {
+                "Items": shown,
+                "DisplayedCount": len(shown),
+                "TotalCount": len(items),
+                "Offset": offset,
+                "Limit": limit,
+                "SortDir": "Desc" if descending else "Asc",
+                "SortBy": sort_by,
+            }
+        )
+
+    def endpoint(handler):
+        async def guarded(request: Request) -> Response:
+            if not authorized(request):
+                return unauthorized()
+            return handler(request, **request.path_params)
+
+        return guarded
+
+    def project_item(project: dict) -> dict:
+        pid = project["Id"]
+        return {
+            "Id": pid,
+            "Href": f"{API}/projects/{pid}",
+            "Name": project["Name"],
+            "UserOwnedBy": account.owner(),
+            "DateCreated": project["DateCreated"],
+        }
+
+    def project_detail(project: dict) -> dict:
+        pid = project["Id"]
+        return {
+            **project_item(project),
+            "Description": project.get("Description", ""),
+            "HrefSamples": f"{API}/projects/{pid}/samples",
+            "HrefAppResults": f"{API}/projects/{pid}/appresults",
+            "HrefBaseSpaceUI": f"https://basespace.illumina.com/project/{pid}/{project['Name']}",
+        }
+
+    def sample_item(sample: dict) -> dict:
+        sid = sample["Id"]
+        return {
+            "Id": sid,
+            "Href": f"{API}/samples/{sid}",
+            "UserOwnedBy": account.owner(),
+            "Name": sample["Name"],
+            "SampleId": sample.get("SampleId", sample["Name"]),
+            "Status": sample.get("Status", "Complete"),
+            "StatusSummary": "",
+            "DateCreated": sample["DateCreated"],
+        }
+
+    def appresult_item(appresult: dict) -> dict:
+        aid = appresult["Id"]
+        return {
+            "Id": aid,
+            "Href": f"{API}/appresults/{aid}",
+            "UserOwnedBy": account.owner(),
+            "Name": appresult["Name"],
+            "Description": appresult.get("Description", ""),
+            "Status": appresult.get("Status", "Complete"),
+            "StatusSummary": "",
+            "DateCreated": appresult["DateCreated"],
+            "HrefFiles": f"{API}/appresults/{aid}/files",
+        }
+
+    def run_item(run: dict) -> dict:
+        # The list item: no Name, as in the reference.
+        rid = run["Id"]
+        return {
+            "Id": rid,
+            "Href": f"{API}/runs/{rid}",
+            "ExperimentName": run["ExperimentName"],
+            "Status": run.get("Status", "Complete"),
+            "DateCreated": run["DateCreated"],
+        }
+
+    def run_detail(run: dict) -> dict:
+        rid = run["Id"]
+        return {
+            **run_item(run),
+            "Name": run["Name"],
+            "Number": 0,
+            "HrefFiles": f"{API}/runs/{rid}/files",
+            "HrefSamples": f"{API}/runs/{rid}/samples",
+            "UserOwnedBy": account.owner(),
+            "UserUploadedBy": account.owner(),
+            "HrefBaseSpaceUI": f"https://basespace.illumina.com/run/{rid}/{run['ExperimentName']}",
+        }
+
+    def file_item(item: dict, compact: bool = False) -> dict:
+        fid = item["Id"]
+        answer = {
+            "Id": fid,
+            "Href": f"{API}/files/{fid}",
+            "Name": item["Name"],
+            "Size": item["Size"],
+            "Path": item["Path"],
+            "DateCreated": item["DateCreated"],
+        }
+        if not compact:
+            answer.update(ContentType=item["ContentType"], HrefContent=f"{API}/files/{fid}/content", UploadStatus="complete")
+        return answer
+
+    @endpoint
+    def current_user(request):
+        user = account.user
+        return envelope(
+            {
+                **user,
+                "Href": f"{API}/users/{user['Id']}",
+                "HrefRuns": f"{API}/users/{user['Id']}/runs",
+                "HrefProjects": f"{API}/users/{user['Id']}/projects",
+            }
+        )
+
+    @endpoint
+    def projects(request):
+        return page(request, [project_item(p) for p in account.projects.values()])
+
+    @endpoint
+    def project(request, pid):
+        found = account.projects.get(pid)
+        return envelope(project_detail(found)) if found else not_found(f"Project {pid}")
+
+    @endpoint
+    def project_samples(request, pid):
+        found = account.projects.get(pid)
+        return page(request, [sample_item(s) for s in found["samples"]]) if found else not_found(f"Project {pid}")
+
+    @endpoint
+    def project_appresults(request, pid):
+        found = account.projects.get(pid)
+        return page(request, [appresult_item(a) for a in found["appresults"]]) if found else not_found(f"Project {pid}")
+
+    @endpoint
+    def sample(request, sid):
+        found = account.samples.get(sid)
+        return envelope({**sample_item(found), "HrefFiles": f"{API}/samples/{sid}/files"}) if found else not_found(f"Sample {sid}")
+
+    @endpoint
+    def appresult(request, aid):
+        found = account.appresults.get(aid)
+        return envelope(appresult_item(found)) if found else not_found(f"AppResult {aid}")
+
+    @endpoint
+    def runs(request):
+        return page(request, [run_item(r) for r in account.runs.values()])
+
+    @endpoint
+    def run(request, rid):
+        found = account.runs.get(rid)
+        return envelope(run_detail(found)) if found else not_found(f"Run {rid}")
+
+    def files_of(table: dict, kind: str, compact: bool = False):
+        @endpoint
+        def handler(request, eid):
+            found = table.get(eid)
+            if not found:
+                return not_found(f"{kind} {eid}")
+            return page(request, [file_item(f, compact) for f in found["files"]], max_limit=1000)
+
+        return handler
+
+    @endpoint
+    def file(request, fid):
+        found = account.files.get(fid)
+        return envelope(file_item(found)) if found else not_found(f"File {fid}")
+
+    @endpoint
+    def content(request, fid):
+        if fid not in account.files:
+            return not_found(f"File {fid}")
+        url, expires = world.presign(request, fid)
+        expires_http = email.utils.formatdate(expires, usegmt=True)
+        if request.query_params.get("redirect", "true").lower() == "meta":
+            iso = email.utils.parsedate_to_datetime(expires_http).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+            return envelope({"HrefContent": url, "SupportsRange": True, "Expires": iso})
+        return RedirectResponse(url, status_code=302, headers={"Expires": expires_http})
+
+    base = f"/{API}"
+    return [
+        Route(f"{base}/users/current", current_user),
+        Route(f"{base}/users/current/projects", projects),
+        Route(f"{base}/projects/{{pid}}", project),
+        Route(f"{base}/projects/{{pid}}/samples", project_samples),
+        Route(f"{base}/projects/{{pid}}/appresults", project_appresults),
+        Route(f"{base}/samples/{{sid}}", sample),
+        Route(f"{base}/samples/{{eid}}/files", files_of(account.samples, "Sample")),
+        Route(f"{base}/appresults/{{aid}}", appresult),
+        Route(f"{base}/appresults/{{eid}}/files", files_of(account.appresults, "AppResult")),
+        Route(f"{base}/users/current/runs", runs),
+        Route(f"{base}/runs/{{rid}}", run),
+        Route(f"{base}/runs/{{eid}}/files", files_of(account.runs, "Run", compact=True)),
+        Route(f"{base}/files/{{fid}}", file),
+        Route(f"{base}/files/{{fid}}/content", content),
+    ]
+
+
+def _sort_key(value) -> tuple:
+    """Numeric ids sort as numbers, as BaseSpace's do."""
+    text = str(value)
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)

@@ -1,0 +1,543 @@
+"""Deterministic sample BaseSpace V1 account for the emulator.
+
+The emulator serves what this module writes: ``account.json`` describes the
+user, projects, samples, app results and runs in BaseSpace's own spelling, and
+``objects/<file id>`` holds each file's bytes.  Every item draws from its own
+fixed seed, so two generations give byte-identical files (and Md5s); tests can
+rely on known content and a data dir can be reused between sessions.
+
+The account is built to exercise awkward cases: two projects with the same
+name, a project name with a slash, a run with more than 1000 files whose names
+repeat across folders, real BAM/VCF files with indexes for range reads, and
+one large file whose size the caller chooses.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import random
+import shutil
+import struct
+import tempfile
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pysam
+
+GENERATOR_VERSION = 1
+
+_CHUNK = 8 << 20
+_TICKS_PER_SECOND = 10_000_000  # BaseSpace dates carry .NET's 100 ns ticks
+_EPOCH = datetime(2000, 1, 1)
+
+# 256-entry translate tables: random byte -> base, random byte -> binned
+# Illumina quality (mostly high, so FASTQ/BAM sizes look realistic).
+_ACGT = bytes(b"ACGT"[i % 4] for i in range(256))
+_QUALS = b"F" * 232 + b":" * 16 + b"," * 6 + b"#" * 2
+
+_INSTRUMENT = "M00123"
+_RUN_NUMBER = 42
+_FLOWCELL = "000000000-KX7F2"
+_RUN_DAY = date(2022, 11, 3)
+_RUN_NAME = f"{_RUN_DAY:%y%m%d}_{_INSTRUMENT}_{_RUN_NUMBER:04d}_{_FLOWCELL}"
+_EXPERIMENT = f"RNA Pilot run {_RUN_NUMBER}"
+_TILES = (1101, 1102, 1103, 1104, 2101, 2102, 2103, 2104)
+_CYCLES = 151
+_READ_LEN = 151
+
+_CONTIGS = (("chr1", 2_000_000), ("chr2", 1_500_000), ("chr3", 1_000_000))
+_READ_PAIRS = 36_000
+_VARIANTS = 3_000
+_ALIGNED_SAMPLE = "S1"
+
+# (name, description, number of samples, creation day)
+_PROJECTS = (
+    ("RNA Pilot", "Pilot RNA-seq of cell lines, batch A", 3, date(2022, 10, 20)),
+    ("RNA Pilot", "Pilot RNA-seq, batch B re-prep", 2, date(2022, 11, 8)),
+    ("Tumor-Normal WGS", "Matched tumor/normal whole-genome sequencing", 2, date(2023, 5, 17)),
+    ("Exome 2024/Q3", "Exome panel cohort, third quarter 2024", 1, date(2024, 7, 9)),
+)
+_WGS_PROJECT = "Tumor-Normal WGS"
+_RESULTS_DAY = date(2023, 6, 2)  # when the WGS app results were produced
+
+
+def generate(data_dir: Path, large_file_size: int = 1 << 30) -> dict:
+    """Create (or reuse, if data_dir/account.json exists and was made by the
+    same GENERATOR_VERSION and large_file_size) the sample account; return the
+    account dict."""
+    data_dir = Path(data_dir)
+    wanted = {"version": GENERATOR_VERSION, "large_file_size": large_file_size}
+    existing = _current_account(data_dir, wanted)
+    if existing is not None:
+        return existing
+    # Drop the old description first so a crash never leaves it pointing at
+    # missing or half-written objects.
+    (data_dir / "account.json").unlink(missing_ok=True)
+    objects = data_dir / "objects"
+    shutil.rmtree(objects, ignore_errors=True)
+    objects.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        account = {"generator": wanted, **_build(_Store(objects), large_file_size, Path(workdir))}
+    _write_json(data_dir / "account.json", account)
+    return account
+
+
+def load(data_dir: Path) -> dict:
+    """Read the account description written by generate()."""
+    return json.loads((Path(data_dir) / "account.json").read_text())
+
+
+def object_path(data_dir: Path, file_id: str) -> Path:
+    """Where the bytes of file ``file_id`` live."""
+    return Path(data_dir) / "objects" / str(file_id)
+
+
+def iter_files(account: dict) -> Iterator[tuple[str, dict, dict]]:
+    """Yield (container_kind, container, file) for every file in the account."""
+    for project in account["projects"]:
+        for sample in project["samples"]:
+            for file in sample["files"]:
+                yield "sample", sample, file
+        for appresult in project["appresults"]:
+            for file in appresult["files"]:
+                yield "appresult", appresult, file
+    for run in account["runs"]:
+        for file in run["files"]:
+            yield "run", run, file
+
+
+def _current_account(data_dir: Path, wanted: dict) -> dict | None:
+    """The existing account if it was generated with the same settings."""
+    try:
+        account = load(data_dir)
+    except (OSError, ValueError):
+        return None
+    return account if account.get("generator") == wanted else None
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Write atomically: readers see either no account or a complete one."""
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(value, indent=1))
+    os.replace(partial, path)
+
+
+class _Store:
+    """Hands out account-wide unique ids and writes file objects."""
+
+    def __init__(self, objects: Path):
+        self._objects = objects
+        self._rng = random.Random("ids")
+        self._last_id = 1_863_960
+
+    def new_id(self) -> str:
+        """Next id; random gaps keep ids opaque like BaseSpace's."""
+        self._last_id += self._rng.randint(1, 40)
+        return str(self._last_id)
+
+    def add(self, path: str, chunks: Iterable[bytes], created: int, zulu: bool = False) -> dict:
+        """Store a file's bytes and return its BaseSpace description."""
+        file_id = self.new_id()
+        size, md5 = _write_object(self._objects / file_id, chunks)
+        return {
+            "Id": file_id,
+            "Name": path.rsplit("/", 1)[-1],
+            "Path": path,
+            "Size": size,
+            "ContentType": _content_type(path),
+            "DateCreated": _stamp(created, zulu),
+            "Md5": md5,
+        }
+
+
+def _write_object(dest: Path, chunks: Iterable[bytes]) -> tuple[int, str]:
+    """Write chunks to dest, hashing on the way so large files are read once."""
+    md5 = hashlib.md5()
+    size = 0
+    with open(dest, "wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+    return size, md5.hexdigest()
+
+
+def _read_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+def _content_type(path: str) -> str:
+    if path.endswith(".gz"):
+        return "application/x-gzip"
+    if path.endswith(".xml"):
+        return "text/xml"
+    return "application/octet-stream"
+
+
+def _on(day: date, rng: random.Random) -> int:
+    """Ticks at a random moment of ``day``."""
+    midnight = datetime.combine(day, time()) - _EPOCH
+    return midnight // timedelta(microseconds=1) * 10 + rng.randrange(86_400 * _TICKS_PER_SECOND)
+
+
+def _later(ticks: int, rng: random.Random, seconds: int) -> int:
+    """A random moment within ``seconds`` after ``ticks``."""
+    return ticks + rng.randrange(1, seconds * _TICKS_PER_SECOND)
+
+
+def _stamp(ticks: int, zulu: bool = False) -> str:
+    """BaseSpace date text: seven fractional digits, usually no zone."""
+    moment = _EPOCH + timedelta(microseconds=ticks // 10)
+    text = f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond:06d}{ticks % 10}"
+    return text + "Z" if zulu else text
+
+
+def _build(store: _Store, large_file_size: int, workdir: Path) -> dict:
+    """Everything in account.json except the generator stamp."""
+    projects = [_project(store, index, *spec) for index, spec in enumerate(_PROJECTS)]
+    wgs = next(p for p in projects if p["Name"] == _WGS_PROJECT)
+    reference = _reference()
+    wgs["appresults"] = [
+        _alignment_result(store, _ALIGNED_SAMPLE, reference, workdir),
+        _archive_result(store, large_file_size),
+    ]
+    return {"user": _user(), "projects": projects, "runs": [_run(store)]}
+
+
+def _user() -> dict:
+    rng = random.Random("user")
+    email = "dana.whitfield@example.org"
+    gravatar = hashlib.md5(email.encode()).hexdigest()
+    return {
+        "Id": "1001",
+        "Name": "Dana Whitfield",
+        "Email": email,
+        "GravatarUrl": f"https://secure.gravatar.com/avatar/{gravatar}.jpg?s=20&d=mm&r=PG",
+        "DateCreated": _stamp(_on(date(2021, 3, 4), rng)),
+    }
+
+
+def _project(store: _Store, index: int, name: str, description: str, samples: int, day: date) -> dict:
+    """A project with FASTQ samples; seeded by position since names repeat."""
+    project_id = store.new_id()
+    created = _on(day, random.Random(f"project:{index}"))
+    return {
+        "Id": project_id,
+        "Name": name,
+        "Description": description,
+        "DateCreated": _stamp(created),
+        "samples": [
+            _sample(store, f"project:{index}:sample:{number}", number, created)
+            for number in range(1, samples + 1)
+        ],
+        "appresults": [],
+    }
+
+
+def _sample(store: _Store, seed: str, number: int, after: int) -> dict:
+    rng = random.Random(seed)
+    name = f"S{number}"
+    sample_id = store.new_id()
+    created = _later(after, rng, 14 * 86_400)
+    files = [
+        store.add(
+            f"{name}_L001_R{read}_001.fastq.gz",
+            [gzip.compress(fastq, compresslevel=6, mtime=0)],
+            _later(created, rng, 3600),
+        )
+        for read, fastq in enumerate(_fastq_pair(rng, number), start=1)
+    ]
+    return {
+        "Id": sample_id,
+        "Name": name,
+        "SampleId": name,
+        "Status": "Complete",
+        "IsPairedEnd": True,
+        "DateCreated": _stamp(created),
+        "files": files,
+    }
+
+
+def _fastq_pair(rng: random.Random, sample_number: int) -> tuple[bytes, bytes]:
+    """R1 and R2 FASTQ text whose records share cluster names, as bcl2fastq writes them."""
+    reads = ([], [])
+    for _ in range(rng.randint(3000, 4500)):
+        cluster = _cluster_name(rng)
+        for read, records in enumerate(reads, start=1):
+            records.append(
+                f"@{cluster} {read}:N:0:{sample_number}\n"
+                f"{_bases(rng, _READ_LEN)}\n+\n{_quals(rng, _READ_LEN)}\n"
+            )
+    return tuple("".join(records).encode() for records in reads)
+
+
+def _cluster_name(rng: random.Random) -> str:
+    """Illumina read name: instrument:run:flowcell:lane:tile:x:y."""
+    x, y = rng.randint(1000, 29000), rng.randint(1000, 29000)
+    return f"{_INSTRUMENT}:{_RUN_NUMBER}:{_FLOWCELL}:1:{rng.choice(_TILES)}:{x}:{y}"
+
+
+def _bases(rng: random.Random, n: int) -> str:
+    return rng.randbytes(n).translate(_ACGT).decode()
+
+
+def _quals(rng: random.Random, n: int) -> str:
+    return rng.randbytes(n).translate(_QUALS).decode()
+
+
+def _reference() -> dict[str, bytes]:
+    """Synthetic genome that reads and variants are drawn from."""
+    rng = random.Random("reference")
+    return {contig: rng.randbytes(length).translate(_ACGT) for contig, length in _CONTIGS}
+
+
+def _alignment_result(store: _Store, sample: str, reference: dict, workdir: Path) -> dict:
+    """App result with an indexed BAM and an indexed VCF, for range reads."""
+    rng = random.Random(f"alignment:{sample}")
+    result_id = store.new_id()
+    created = _on(_RESULTS_DAY, rng)
+    bam, bai = _write_bam(workdir, sample, reference)
+    vcf, tbi = _write_vcf(workdir, sample, reference)
+    outputs = (
+        (f"Alignment/{sample}.bam", bam),
+        (f"Alignment/{sample}.bam.bai", bai),
+        (f"Variants/{sample}.vcf.gz", vcf),
+        (f"Variants/{sample}.vcf.gz.tbi", tbi),
+    )
+    return {
+        "Id": result_id,
+        "Name": f"BWA Alignment {sample}",
+        "Description": f"BWA-MEM alignment and variant calls for {sample}",
+        "Status": "Complete",
+        "DateCreated": _stamp(created, zulu=True),
+        "files": [
+            store.add(path, _read_chunks(local), _later(created, rng, 7200), zulu=True)
+            for path, local in outputs
+        ],
+    }
+
+
+def _write_bam(workdir: Path, sample: str, reference: dict) -> tuple[Path, Path]:
+    """Coordinate-sorted, indexed BAM of read pairs drawn from the reference.
+
+    Pairs are written in random order and then sorted by samtools, the way a
+    pipeline would; --no-PG keeps the command line (with temp paths) out of
+    the header so the bytes stay identical between generations.
+    """
+    rng = random.Random(f"bam:{sample}")
+    header = {
+        "HD": {"VN": "1.6", "SO": "unsorted"},
+        "SQ": [{"SN": contig, "LN": length} for contig, length in _CONTIGS],
+        "RG": [{"ID": sample, "SM": sample, "PL": "ILLUMINA"}],
+    }
+    unsorted = workdir / f"{sample}.unsorted.bam"
+    with pysam.AlignmentFile(str(unsorted), "wb", header=header) as out:
+        for _ in range(_READ_PAIRS):
+            for segment in _read_pair(rng, out.header, reference, sample):
+                out.write(segment)
+    bam = workdir / f"{sample}.bam"
+    bai = workdir / f"{sample}.bam.bai"
+    pysam.sort("--no-PG", "-o", str(bam), str(unsorted))
+    pysam.index(str(bam), str(bai))
+    return bam, bai
+
+
+def _read_pair(rng: random.Random, header, reference: dict, sample: str) -> Iterator[pysam.AlignedSegment]:
+    """A properly paired, inward-facing read pair with a few sequencing errors."""
+    tid = rng.choices(range(len(_CONTIGS)), weights=[length for _, length in _CONTIGS])[0]
+    contig, length = _CONTIGS[tid]
+    insert = max(_READ_LEN, round(rng.gauss(350, 50)))
+    left = rng.randrange(length - insert)
+    right = left + insert - _READ_LEN
+    name = _cluster_name(rng)
+    # SAM flags: 99/147 when read 1 is on the forward strand, else 163/83.
+    first_forward = rng.random() < 0.5
+    layout = (
+        (99 if first_forward else 163, left, right, insert),
+        (147 if first_forward else 83, right, left, -insert),
+    )
+    for flag, start, mate_start, template_length in layout:
+        sequence, mismatches = _with_errors(rng, reference[contig][start : start + _READ_LEN])
+        segment = pysam.AlignedSegment(header)
+        segment.query_name = name
+        segment.flag = flag
+        segment.reference_id = tid
+        segment.reference_start = start
+        segment.mapping_quality = 60
+        segment.cigarstring = f"{_READ_LEN}M"
+        segment.next_reference_id = tid
+        segment.next_reference_start = mate_start
+        segment.template_length = template_length
+        segment.query_sequence = sequence
+        segment.query_qualities = pysam.qualitystring_to_array(_quals(rng, _READ_LEN))
+        segment.set_tags([("NM", mismatches), ("RG", sample)])
+        yield segment
+
+
+def _with_errors(rng: random.Random, bases: bytes) -> tuple[str, int]:
+    """Bases with 0-3 substitutions, and how many were made."""
+    read = bytearray(bases)
+    positions = rng.sample(range(len(read)), rng.choice((0, 0, 0, 1, 1, 2, 3)))
+    for i in positions:
+        read[i] = rng.choice([b for b in b"ACGT" if b != read[i]])
+    return read.decode(), len(positions)
+
+
+def _write_vcf(workdir: Path, sample: str, reference: dict) -> tuple[Path, Path]:
+    """Bgzipped, tabix-indexed VCF of variants against the reference."""
+    rng = random.Random(f"vcf:{sample}")
+    lines = _vcf_header(sample)
+    for contig, length in _CONTIGS:
+        count = _VARIANTS * length // sum(length for _, length in _CONTIGS)
+        for pos in sorted(rng.sample(range(1, length - 10), count)):
+            lines.append(_variant_line(rng, contig, pos, reference[contig]))
+    text = workdir / f"{sample}.vcf"
+    text.write_text("\n".join(lines) + "\n")
+    vcf = Path(pysam.tabix_index(str(text), preset="vcf", force=True))
+    return vcf, Path(f"{vcf}.tbi")
+
+
+def _vcf_header(sample: str) -> list[str]:
+    return [
+        "##fileformat=VCFv4.2",
+        "##source=HaplotypeCaller",
+        "##reference=file:///genomes/synthetic/genome.fa",
+        *(f"##contig=<ID={contig},length={length}>" for contig, length in _CONTIGS),
+        '##FILTER=<ID=LowQual,Description="Low quality">',
+        '##INFO=<ID=DP,Number=1,Type=Integer,Description="Approximate read depth">',
+        '##INFO=<ID=AF,Number=A,Type=Float,Description="Allele frequency">',
+        '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+        '##FORMAT=<ID=AD,Number=R,Type=Integer,Description="Allelic depths for the ref and alt alleles">',
+        '##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read depth">',
+        '##FORMAT=<ID=GQ,Number=1,Type=Integer,Description="Genotype quality">',
+        "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", sample]),
+    ]
+
+
+def _variant_line(rng: random.Random, contig: str, pos: int, sequence: bytes) -> str:
+    """One call at 1-based ``pos``: mostly SNVs, some short indels."""
+    ref = sequence[pos - 1 : pos].decode()
+    kind = rng.random()
+    if kind < 0.85:
+        alt = rng.choice([b for b in "ACGT" if b != ref])
+    elif kind < 0.93:
+        ref, alt = sequence[pos - 1 : pos + rng.randint(1, 6)].decode(), ref
+    else:
+        alt = ref + _bases(rng, rng.randint(1, 6))
+    depth = rng.randint(8, 60)
+    heterozygous = rng.random() < 0.6
+    alt_depth = round(depth * rng.uniform(0.3, 0.7)) if heterozygous else depth
+    qual = rng.uniform(20, 3000)
+    fields = [
+        contig, str(pos), ".", ref, alt, f"{qual:.2f}", "PASS" if qual >= 50 else "LowQual",
+        f"DP={depth};AF={0.5 if heterozygous else 1.0}", "GT:AD:DP:GQ",
+        f"{'0/1' if heterozygous else '1/1'}:{depth - alt_depth},{alt_depth}:{depth}:{min(99, round(qual / 10))}",
+    ]
+    return "\t".join(fields)
+
+
+def _archive_result(store: _Store, size: int) -> dict:
+    """App result holding one large pseudorandom file, for big-file reads."""
+    rng = random.Random("archive")
+    result_id = store.new_id()
+    created = _on(_RESULTS_DAY, rng)
+    archive = store.add(
+        "Archive/reportarchive.bin",
+        _random_chunks(random.Random("reportarchive"), size),
+        _later(created, rng, 3600),
+        zulu=True,
+    )
+    return {
+        "Id": result_id,
+        "Name": "Archive",
+        "Description": "Report archive",
+        "Status": "Complete",
+        "DateCreated": _stamp(created, zulu=True),
+        "files": [archive],
+    }
+
+
+def _random_chunks(rng: random.Random, size: int) -> Iterator[bytes]:
+    """``size`` pseudorandom bytes, a chunk at a time so memory stays flat."""
+    for offset in range(0, size, _CHUNK):
+        yield rng.randbytes(min(_CHUNK, size - offset))
+
+
+def _run(store: _Store) -> dict:
+    """A MiSeq run whose BaseCalls folders repeat the same file names."""
+    rng = random.Random("run")
+    run_id = store.new_id()
+    started = _on(_RUN_DAY, rng) // _TICKS_PER_SECOND * _TICKS_PER_SECOND
+    files = [
+        store.add("RunInfo.xml", [_run_info().encode()], started),
+        store.add("RunParameters.xml", [_run_parameters().encode()], started),
+    ]
+    cycle_ticks = 300 * _TICKS_PER_SECOND
+    for cycle in range(1, _CYCLES + 1):
+        for tile in _TILES:
+            path = f"Data/Intensities/BaseCalls/L001/C{cycle}.1/s_1_{tile}.bcl"
+            files.append(store.add(path, [_bcl(cycle, tile)], started + cycle * cycle_ticks))
+    return {
+        "Id": run_id,
+        "Name": _RUN_NAME,
+        "ExperimentName": _EXPERIMENT,
+        "Status": "Complete",
+        "DateCreated": _stamp(started),
+        "files": files,
+    }
+
+
+def _bcl(cycle: int, tile: int) -> bytes:
+    """BCL layout: cluster count (uint32 LE), then one byte per cluster.
+
+    The count is per tile, as on a real flow cell, so a tile's files agree
+    across cycles.
+    """
+    clusters = random.Random(f"tile:{tile}").randint(96, 596)
+    return struct.pack("<I", clusters) + random.Random(f"bcl:{cycle}:{tile}").randbytes(clusters)
+
+
+def _run_info() -> str:
+    return f"""<?xml version="1.0"?>
+<RunInfo xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" Version="2">
+  <Run Id="{_RUN_NAME}" Number="{_RUN_NUMBER}">
+    <Flowcell>{_FLOWCELL}</Flowcell>
+    <Instrument>{_INSTRUMENT}</Instrument>
+    <Date>{_RUN_DAY:%y%m%d}</Date>
+    <Reads>
+      <Read NumCycles="{_CYCLES}" Number="1" IsIndexedRead="N" />
+    </Reads>
+    <FlowcellLayout LaneCount="1" SurfaceCount="2" SwathCount="1" TileCount="{len(_TILES) // 2}" />
+  </Run>
+</RunInfo>
+"""
+
+
+def _run_parameters() -> str:
+    return f"""<?xml version="1.0"?>
+<RunParameters xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <EnableCloud>true</EnableCloud>
+  <RunParametersVersion>MiSeq_1_1</RunParametersVersion>
+  <Setup>
+    <ApplicationName>MiSeq Control Software</ApplicationName>
+    <ApplicationVersion>2.6.2.1</ApplicationVersion>
+  </Setup>
+  <RunID>{_RUN_NAME}</RunID>
+  <ScannerID>{_INSTRUMENT}</ScannerID>
+  <RunNumber>{_RUN_NUMBER}</RunNumber>
+  <RTAVersion>1.18.54</RTAVersion>
+  <Barcode>{_FLOWCELL}</Barcode>
+  <ExperimentName>{_EXPERIMENT}</ExperimentName>
+  <Chemistry>Default</Chemistry>
+  <Username>sbsuser</Username>
+  <Reads>
+    <RunInfoRead Number="1" NumCycles="{_CYCLES}" IsIndexedRead="N" />
+  </Reads>
+</RunParameters>
+"""

@@ -1,0 +1,139 @@
+"""Mounting: check every platform's credentials, mount, serve until unmounted or signalled.
+
+Credentials are checked before the mount exists, so a refused token never leaves a mount point
+behind; `pyfuse3.close(unmount=True)` runs on every way out once it does.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from omicsfs.blockcache import BlockCache, DiskCache
+from omicsfs.config import Config
+from omicsfs.errors import OmicsfsError, PlatformError
+from omicsfs.fs import Filesystem, Settings
+from omicsfs.http import Http, new_client
+from omicsfs.platform import Platform
+from omicsfs.platforms import platform_class
+
+log = logging.getLogger(__name__)
+
+#: The FUSE device's readahead (KiB). The kernel default of 128 caps every read request at 128 KiB;
+#: 1024 lets sequential readers get 1 MiB requests (about 3x the throughput here; dxfuse does the same).
+READ_AHEAD_KB = 1024
+MAX_WINDOW = 64 * 1024 * 1024
+
+
+def mount_options() -> list[str]:
+    return ["fsname=omicsfs", "subtype=omicsfs", "ro", "default_permissions", "noatime"]
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    target = os.path.realpath(mountpoint)
+    with open("/proc/self/mountinfo") as mounts:
+        return any(line.split()[4] == target for line in mounts)
+
+
+def unmount(mountpoint: Path, lazy: bool = False) -> None:
+    """Unmount with fusermount3 (works unprivileged), falling back to umount."""
+    command = shutil.which("fusermount3") or shutil.which("fusermount")
+    args = [command, "-u"] + (["-z"] if lazy else []) if command else ["umount"] + (["-l"] if lazy else [])
+    result = subprocess.run([*args, str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise OmicsfsError(f"cannot unmount {mountpoint}: {result.stderr.strip() or result.returncode}")
+
+
+def prepare_mountpoint(mountpoint: Path) -> None:
+    """Fail early on a bad mount point; clear a dead one a crashed daemon left behind."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            log.warning("%s: a previous mount died; unmounting it", mountpoint)
+            unmount(mountpoint, lazy=True)
+        elif exc.errno == errno.ENOENT:
+            raise OmicsfsError(f"mount point {mountpoint} does not exist") from None
+        else:
+            raise OmicsfsError(f"mount point {mountpoint}: {exc.strerror}") from None
+    if not mountpoint.is_dir():
+        raise OmicsfsError(f"mount point {mountpoint} is not a directory")
+    if is_mounted(mountpoint):
+        raise OmicsfsError(f"{mountpoint} is already a mount point (omicsfs unmount {mountpoint})")
+
+
+def build_platforms(config: Config, http: Http) -> dict[str, Platform]:
+    return {p.name: platform_class(p.kind)(p.name, p.settings, http) for p in config.platforms}
+
+
+async def check_credentials(platforms: dict[str, Platform]) -> None:
+    """Check every platform at once; report every failure, not just the first."""
+    failures: list[str] = []
+
+    async def check(platform: Platform) -> None:
+        try:
+            await platform.check()
+        except PlatformError as exc:
+            failures.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for platform in platforms.values():
+            nursery.start_soon(check, platform)
+    if failures:
+        raise OmicsfsError("\n".join(sorted(failures)))
+
+
+def _tune_device(mountpoint: Path) -> None:
+    """Raise the FUSE device's readahead, when we may (root)."""
+    device = os.stat(mountpoint).st_dev
+    setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    try:
+        setting.write_text(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.info("readahead stays at the kernel default (%s: %s)", setting, exc.strerror)
+
+
+async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> None:
+    """Mount and serve until unmounted or sent SIGINT/SIGTERM. Raises `OmicsfsError` before mounting."""
+    prepare_mountpoint(mountpoint)
+    async with new_client() as client:
+        platforms = build_platforms(config, Http(client))
+        await check_credentials(platforms)
+        disk = DiskCache(config.cache_dir, config.cache_size)
+        async with trio.open_nursery() as nursery:
+            cache = BlockCache(config.memory_cache_size, disk, nursery)
+            # The prefetch window is capped so that prefetched blocks still fit the memory cache.
+            settings = Settings(metadata_ttl=config.metadata_ttl, max_window=min(MAX_WINDOW, config.memory_cache_size // 2))
+            filesystem = Filesystem(platforms, cache, settings)
+            pyfuse3.init(filesystem, str(mountpoint), mount_options())
+            try:
+                nursery.start_soon(_announce, mountpoint, ready)
+                nursery.start_soon(_terminate_on_signal)
+                await pyfuse3.main()
+            finally:
+                pyfuse3.close(unmount=True)
+                nursery.cancel_scope.cancel()
+                log.info("unmounted %s", mountpoint)
+
+
+async def _announce(mountpoint: Path, ready: Callable[[], None]) -> None:
+    # In a thread: stat() on our own mount point needs the FUSE loop running to be answered.
+    await trio.to_thread.run_sync(_tune_device, mountpoint)
+    log.info("mounted %s", mountpoint)
+    ready()
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,71 @@
+"""Names in the mount: safe for every tool, unique among siblings, the same on every mount.
+
+Platforms allow names a file system cannot show (`/`, NUL, `..`, 300 bytes) and let siblings share
+a name (two projects called "RNA Pilot"). Every member of a group of same-named siblings gets its
+id appended, so a name never depends on which sibling was listed first, and a sibling appearing
+later never renames the others' ids.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+MAX_NAME_BYTES = 255
+
+T = TypeVar("T")
+
+
+def safe_name(name: str) -> str:
+    """A name the kernel accepts: no `/` or NUL, not `.` or `..`, not empty, at most 255 bytes."""
+    name = name.replace("/", "∕").replace("\0", "")
+    if name in ("", ".", ".."):
+        name = f"_{name}_" if name else "_"
+    return _truncate(name, MAX_NAME_BYTES)
+
+
+def _truncate(name: str, limit: int) -> str:
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= limit:
+        return name
+    return encoded[:limit].decode("utf-8", "ignore")
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    """`S1.bam.bai` → (`S1`, `.bam.bai`): the id goes before every extension so tools still see them."""
+    dot = name.find(".", 1)
+    if dot == -1 or len(name) - dot > 32:
+        return name, ""
+    return name[:dot], name[dot:]
+
+
+def with_id(name: str, uid: str) -> str:
+    stem, extension = _split_extension(name)
+    suffix = f" ({uid}){extension}"
+    return _truncate(stem, MAX_NAME_BYTES - len(suffix.encode())) + safe_name(suffix)
+
+
+def unique_names(items: Sequence[T], name_of, uid_of, reserved: Iterable[str] = ()) -> list[tuple[str, T]]:
+    """Give each item a safe name unique in the list (and not in `reserved`), deterministically."""
+    groups: dict[str, list[T]] = defaultdict(list)
+    for item in items:
+        groups[safe_name(name_of(item))].append(item)
+    taken = set(reserved)
+    named: list[tuple[str, T]] = []
+    for name, group in groups.items():
+        if len(group) == 1 and name not in taken:
+            named.append((name, group[0]))
+            taken.add(name)
+            continue
+        for item in sorted(group, key=uid_of):
+            candidate = with_id(name, uid_of(item) or "?")
+            counter = 2
+            while candidate in taken:
+                # Ids repeat only when a platform gives none: fall back to a counter, still stable
+                # for an unchanged listing.
+                candidate = with_id(name, f"{uid_of(item)}-{counter}")
+                counter += 1
+            named.append((candidate, item))
+            taken.add(candidate)
+    return named

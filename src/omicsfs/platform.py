@@ -1,0 +1,87 @@
+"""The interface between the core and a platform module.
+
+A platform describes its data as a tree of `Entry` values: `root()` is its top directory,
+`list_dir()` lists any directory it handed out, and `read()` streams a byte range of any file it
+handed out. The core owns inodes, naming, caching and FUSE; a platform owns its API.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Hashable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from omicsfs.http import Http
+
+
+@dataclass(eq=False)
+class Entry:
+    """One directory or file as a platform describes it.
+
+    `name` is the platform's own name; the core makes it safe and unique among its siblings
+    (see `naming.py`), using `uid` to tell same-named siblings apart.
+    """
+
+    name: str
+    is_dir: bool
+    #: The platform's handle for this entry, given back to `list_dir` / `read`.
+    key: Hashable
+    #: A stable id (the platform's id where it has one): tells same-named siblings apart.
+    uid: str = ""
+    size: int = 0
+    mtime: float = 0.0
+    #: Changes whenever the content may have: cached blocks of another version are never served.
+    version: str = ""
+    #: The platform's API answer for this entity: shown as the hidden `.json` of a directory.
+    info: dict | None = None
+    #: Extra attributes, shown as `user.omicsfs.<name>` extended attributes.
+    xattrs: dict[str, str] = field(default_factory=dict)
+    #: A directory's listing, when the platform learned it together with the directory itself
+    #: (folders built from file paths): the core then needs no `list_dir` call for it.
+    children: list[Entry] | None = None
+    #: A small file's whole content, when the platform has it at hand (a job's JSON answer).
+    content: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SpaceUsage:
+    total: int
+    used: int
+
+
+class Platform(abc.ABC):
+    """One configured account on one platform: a top-level directory of the mount."""
+
+    #: The `kind` that names this module in the configuration.
+    kind: ClassVar[str] = ""
+    #: Keys the config table must / may hold (besides `kind` and the token keys), with their types.
+    required_settings: ClassVar[dict[str, type]] = {"url": str}
+    optional_settings: ClassVar[dict[str, type]] = {}
+    needs_token: ClassVar[bool] = True
+
+    def __init__(self, name: str, settings: dict, http: Http):
+        """`settings` is the platform's table from the config, with `token` resolved."""
+        self.name = name
+        self.settings = settings
+        self.http = http
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Verify the credentials with one cheap request; raise `AccessDenied` with a clear message."""
+
+    @abc.abstractmethod
+    def root(self) -> Entry:
+        """The platform's top directory."""
+
+    @abc.abstractmethod
+    async def list_dir(self, entry: Entry) -> list[Entry]:
+        """The entries of a directory this platform described."""
+
+    @abc.abstractmethod
+    def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
+        """Yield the bytes [start, end) of a file, in order, as they arrive."""
+
+    async def space_usage(self) -> SpaceUsage | None:
+        """The account's quota and usage, where the platform tells them."""
+        return None
