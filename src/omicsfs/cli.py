@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import trio
@@ -191,46 +190,24 @@ def demo_config(url: str, token: str, cache_dir: Path) -> Config:
     return Config(platforms, cache_dir=cache_dir, cache_size=2 * 1024**3, metadata_ttl=60.0, source="<demo>")
 
 
-def wait_for_emulator(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise OmicsfsError(f"the emulator exited with status {process.returncode}")
-        try:
-            httpx.get(f"{url}/_emulator/knobs", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise OmicsfsError(f"the emulator did not answer at {url} within {timeout:.0f} s")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from omicsfs.emulator import DEFAULT_TOKEN
-    from omicsfs.emulator.server import free_port
+    from omicsfs.emulator.server import EmulatorProcess
 
     mountpoint = Path(args.mountpoint).absolute()
     mountpoint.mkdir(parents=True, exist_ok=True)
-    port = args.port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "omicsfs", "emulator", "--port", str(port), "--large-file-size", args.large_file_size]
-    if args.data:
-        command += ["--data", args.data]
     print("omicsfs demo: starting the emulator (the first run generates its sample data)...", flush=True)
-    emulator = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    emulator = EmulatorProcess(args.data, large_file_size=args.large_file_size, port=args.port)
     try:
-        wait_for_emulator(url, emulator)
+        emulator.wait_ready()
         with tempfile.TemporaryDirectory(prefix="omicsfs-demo-cache-") as cache_dir:
-            config = demo_config(url, DEFAULT_TOKEN, Path(cache_dir))
+            config = demo_config(emulator.url, emulator.token, Path(cache_dir))
             setup_logging(args.debug, config.secrets())
             return _serve_foreground(config, mountpoint, None, banner=DEMO_HINTS.format(mnt=mountpoint))
-    except OmicsfsError as exc:
+    except (OmicsfsError, RuntimeError, TimeoutError) as exc:
         print(f"omicsfs: {exc}", file=sys.stderr)
         return 1
     finally:
-        emulator.terminate()
-        emulator.wait()
+        emulator.stop()
 
 
 # -- argument parsing ----------------------------------------------------------------------------

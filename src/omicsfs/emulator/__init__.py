@@ -40,6 +40,9 @@ class Knobs:
     page_cap: int = 250
     #: Seconds a presigned URL stays valid.
     url_lifetime: float = 600.0
+    #: Seconds the expiry a platform states lies beyond the real one (clocks differ): clients must
+    #: still recover when the store refuses a URL they believe valid.
+    url_expiry_skew: float = 0.0
     #: Failures to inject: the next `count` requests whose path starts with `prefix` get `status`.
     failures: list[dict] = field(default_factory=list)
 
@@ -74,10 +77,12 @@ class World:
         return hmac.new(self._key, f"{object_id}:{expires}".encode(), hashlib.sha256).hexdigest()
 
     def presign(self, request: Request, object_id: str) -> tuple[str, int]:
-        """An absolute URL of the store for `object_id`, valid for `knobs.url_lifetime` seconds."""
+        """An absolute URL of the store for `object_id`, valid for `knobs.url_lifetime` seconds,
+        and the expiry to state (which `knobs.url_expiry_skew` may push past the real one)."""
         expires = int(time.time() + self.knobs.url_lifetime)
         base = str(request.base_url).rstrip("/")
-        return f"{base}/store/{object_id}?X-Expires={expires}&X-Signature={self._signature(object_id, expires)}", expires
+        url = f"{base}/store/{object_id}?X-Expires={expires}&X-Signature={self._signature(object_id, expires)}"
+        return url, int(expires + self.knobs.url_expiry_skew)
 
     def verify(self, object_id: str, expires: str, signature: str) -> str | None:
         """Why a presigned URL is refused, or None if it is good."""

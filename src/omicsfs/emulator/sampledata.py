@@ -202,7 +202,7 @@ def _build(store: _Store, large_file_size: int, workdir: Path) -> dict:
     """Everything in account.json except the generator stamp."""
     projects = [_project(store, index, *spec) for index, spec in enumerate(_PROJECTS)]
     wgs = next(p for p in projects if p["Name"] == _WGS_PROJECT)
-    reference = _reference()
+    reference = reference_genome()
     wgs["appresults"] = [
         _alignment_result(store, _ALIGNED_SAMPLE, reference, workdir),
         _archive_result(store, large_file_size),
@@ -251,7 +251,7 @@ def _sample(store: _Store, seed: str, number: int, after: int) -> dict:
             [gzip.compress(fastq, compresslevel=6, mtime=0)],
             _later(created, rng, 3600),
         )
-        for read, fastq in enumerate(_fastq_pair(rng, number), start=1)
+        for read, fastq in enumerate(fastq_pair(rng, number), start=1)
     ]
     return {
         "Id": sample_id,
@@ -264,7 +264,7 @@ def _sample(store: _Store, seed: str, number: int, after: int) -> dict:
     }
 
 
-def _fastq_pair(rng: random.Random, sample_number: int) -> tuple[bytes, bytes]:
+def fastq_pair(rng: random.Random, sample_number: int) -> tuple[bytes, bytes]:
     """R1 and R2 FASTQ text whose records share cluster names, as bcl2fastq writes them."""
     reads = ([], [])
     for _ in range(rng.randint(3000, 4500)):
@@ -291,7 +291,7 @@ def _quals(rng: random.Random, n: int) -> str:
     return rng.randbytes(n).translate(_QUALS).decode()
 
 
-def _reference() -> dict[str, bytes]:
+def reference_genome() -> dict[str, bytes]:
     """Synthetic genome that reads and variants are drawn from."""
     rng = random.Random("reference")
     return {contig: rng.randbytes(length).translate(_ACGT) for contig, length in _CONTIGS}
@@ -302,8 +302,8 @@ def _alignment_result(store: _Store, sample: str, reference: dict, workdir: Path
     rng = random.Random(f"alignment:{sample}")
     result_id = store.new_id()
     created = _on(_RESULTS_DAY, rng)
-    bam, bai = _write_bam(workdir, sample, reference)
-    vcf, tbi = _write_vcf(workdir, sample, reference)
+    bam, bai = write_bam(workdir, sample, reference)
+    vcf, tbi = write_vcf(workdir, sample, reference)
     outputs = (
         (f"Alignment/{sample}.bam", bam),
         (f"Alignment/{sample}.bam.bai", bai),
@@ -323,7 +323,7 @@ def _alignment_result(store: _Store, sample: str, reference: dict, workdir: Path
     }
 
 
-def _write_bam(workdir: Path, sample: str, reference: dict) -> tuple[Path, Path]:
+def write_bam(workdir: Path, sample: str, reference: dict) -> tuple[Path, Path]:
     """Coordinate-sorted, indexed BAM of read pairs drawn from the reference.
 
     Pairs are written in random order and then sorted by samtools, the way a
@@ -389,7 +389,7 @@ def _with_errors(rng: random.Random, bases: bytes) -> tuple[str, int]:
     return read.decode(), len(positions)
 
 
-def _write_vcf(workdir: Path, sample: str, reference: dict) -> tuple[Path, Path]:
+def write_vcf(workdir: Path, sample: str, reference: dict) -> tuple[Path, Path]:
     """Bgzipped, tabix-indexed VCF of variants against the reference."""
     rng = random.Random(f"vcf:{sample}")
     lines = _vcf_header(sample)

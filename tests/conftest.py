@@ -1,0 +1,126 @@
+"""Shared fixtures: one emulator for the session, real mounts made with the real `omicsfs` command.
+
+Every mount is made with `omicsfs mount` (background mode, as a user would) against the emulator
+over loopback, and on teardown it is unmounted and its log is checked for leaked secrets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from omicsfs.emulator import Knobs
+from omicsfs.emulator.server import EmulatorProcess
+from omicsfs.mount import is_mounted
+
+#: The sample account's large file in tests: large next to the small memory caches tests mount with.
+TEST_LARGE_FILE = "64M"
+OMICSFS = [sys.executable, "-m", "omicsfs"]
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory) -> EmulatorProcess:
+    data = os.environ.get("OMICSFS_TEST_DATA") or tmp_path_factory.mktemp("emulator-data")
+    process = EmulatorProcess(data, large_file_size=TEST_LARGE_FILE).wait_ready()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def fresh_emulator(emulator) -> EmulatorProcess:
+    """The session's emulator with default knobs and zeroed stats."""
+    defaults = Knobs()
+    emulator.knobs(**dataclasses.asdict(defaults))
+    emulator.reset_stats()
+    return emulator
+
+
+def platform_table(emulator: EmulatorProcess, kind: str, **overrides) -> dict:
+    """A config table for `kind` served by the emulator under `/<kind>`."""
+    return {"kind": kind, "url": f"{emulator.url}/{kind}", "token": emulator.token, **overrides}
+
+
+def toml_config(platforms: dict[str, dict]) -> str:
+    lines = []
+    for name, table in platforms.items():
+        lines.append(f'[platforms."{name}"]')
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class Mounted:
+    path: Path
+    log: Path
+    secrets: list[str]
+
+    def daemon_pid(self) -> int:
+        """The daemon serving this mount, found by its command line."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--foreground" in argv and str(self.path).encode() in argv:
+                return int(entry.name)
+        raise LookupError(f"no daemon for {self.path}")
+
+
+def run_omicsfs(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*OMICSFS, *args], capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"omicsfs {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+@pytest.fixture
+def mount(fresh_emulator, tmp_path):
+    """`mount(platforms=None, *extra_args)` mounts with the real command and returns a `Mounted`."""
+    mounts: list[Mounted] = []
+
+    def do_mount(platforms: dict[str, dict] | None = None, *extra: str, cache_dir: Path | None = None) -> Mounted:
+        index = len(mounts)
+        platforms = platforms or {"basespace": platform_table(fresh_emulator, "basespace")}
+        config = tmp_path / f"config{index}.toml"
+        config.write_text(toml_config(platforms))
+        config.chmod(0o600)
+        mountpoint = tmp_path / f"mnt{index}"
+        mountpoint.mkdir()
+        log = tmp_path / f"omicsfs{index}.log"
+        cache = cache_dir or tmp_path / f"cache{index}"
+        run_omicsfs("mount", str(mountpoint), "--config", str(config), "--cache-dir", str(cache), "--log-file", str(log), *extra)
+        assert is_mounted(mountpoint)
+        mounted = Mounted(mountpoint, log, [t["token"] for t in platforms.values() if "token" in t])
+        mounts.append(mounted)
+        return mounted
+
+    yield do_mount
+    for mounted in mounts:
+        if is_mounted(mounted.path):
+            run_omicsfs("unmount", str(mounted.path))
+        assert not is_mounted(mounted.path)
+        assert_no_secrets(mounted.log, mounted.secrets)
+
+
+def assert_no_secrets(log: Path, secrets: list[str]) -> None:
+    text = log.read_text() if log.exists() else ""
+    for secret in secrets:
+        assert secret not in text, f"a token reached {log}"
+    assert "X-Signature" not in text, f"a presigned URL's signature reached {log}"
