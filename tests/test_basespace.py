@@ -1,0 +1,248 @@
+"""BaseSpace V1 through real mounts of the emulator: layout, bytes, genomics tools, quirks and failures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from omicsfs.emulator import sampledata
+from omicsfs.emulator.basespace import rate_limit_failure
+from omicsfs.mount import is_mounted
+from tests.conftest import platform_table, run_omicsfs, toml_config
+
+WGS = "Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files"
+ARCHIVE = "Projects/Tumor-Normal WGS/AppResults/Archive/Files/Archive/reportarchive.bin"
+REGIONS = ["chr1:100000-101000", "chr2:500000-520000", "chr3:1-5000"]
+
+
+@pytest.fixture(scope="module")
+def account(emulator) -> dict:
+    return sampledata.load(emulator.data_dir / "basespace")
+
+
+def source_path(emulator, file_id: str) -> Path:
+    return sampledata.object_path(emulator.data_dir / "basespace", file_id)
+
+
+def mounted_files(root: Path) -> dict[str, Path]:
+    """Platform file id → path in the mount, for every file but the hidden entity metadata."""
+    files = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            if name in (".json", ".id"):
+                continue
+            path = Path(directory, name)
+            files[os.getxattr(path, "user.omicsfs.id").decode()] = path
+    return files
+
+
+def md5sums(paths: list[Path]) -> dict[Path, str]:
+    """md5sum, the real tool, over many files."""
+    sums = {}
+    for start in range(0, len(paths), 200):
+        batch = paths[start : start + 200]
+        output = subprocess.run(["md5sum", "--", *map(str, batch)], capture_output=True, text=True, check=True).stdout
+        for path, line in zip(batch, output.splitlines()):
+            sums[path] = line.split()[0]
+    return sums
+
+
+def tool(*command: str) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def test_layout_as_basemount_users_know_it(mount, account):
+    root = mount().path / "basespace"
+    assert sorted(os.listdir(root)) == ["Projects", "Runs"]
+    projects = sorted(os.listdir(root / "Projects"))
+    pilots = [p for p in account["projects"] if p["Name"] == "RNA Pilot"]
+    assert projects == sorted(
+        [f"RNA Pilot ({p['Id']})" for p in pilots] + ["Tumor-Normal WGS", "Exome 2024∕Q3"]
+    ), "same-named projects both appear, told apart by id; a slash is made safe"
+    assert sorted(os.listdir(root / "Projects/Tumor-Normal WGS")) == [".id", ".json", "AppResults", "Samples"]
+    assert tool("ls", str(root / "Projects/Tumor-Normal WGS")).split() == ["AppResults", "Samples"]
+    assert ".json" in tool("ls", "-a", str(root / "Projects/Tumor-Normal WGS")).split()
+    project = next(p for p in account["projects"] if p["Name"] == "Tumor-Normal WGS")
+    answer = json.loads((root / "Projects/Tumor-Normal WGS/.json").read_text())
+    assert answer["Id"] == project["Id"] and answer["Href"] == f"v1pre3/projects/{project['Id']}"
+    assert (root / "Projects/Tumor-Normal WGS/.id").read_text().strip() == project["Id"]
+    sample = project["samples"][0]
+    assert sorted(os.listdir(root / f"Projects/Tumor-Normal WGS/Samples/{sample['Name']}/Files")) == sorted(
+        f["Name"] for f in sample["files"]
+    )
+    bam = root / WGS / "Alignment/S1.bam"
+    bam_item = next(f for _, _, f in sampledata.iter_files(account) if f["Path"] == "Alignment/S1.bam")
+    assert os.getxattr(bam, "user.omicsfs.id").decode() == bam_item["Id"]
+    assert os.getxattr(bam, "user.omicsfs.href").decode() == f"v1pre3/files/{bam_item['Id']}"
+    # Runs: the list items carry no Name, the run's real name is shown.
+    (run,) = account["runs"]
+    assert os.listdir(root / "Runs") == [run["Name"]]
+    basecalls = root / "Runs" / run["Name"] / "Files/Data/Intensities/BaseCalls/L001"
+    assert len(os.listdir(basecalls)) == 151
+    assert sorted(os.listdir(basecalls / "C1.1")) == sorted(os.listdir(basecalls / "C151.1"))
+    # Dates with 7 fractional digits and no zone are read as UTC.
+    assert int(bam.stat().st_mtime) == int(
+        time.mktime(time.strptime(bam_item["DateCreated"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    )
+
+
+def test_ls_l_makes_no_request_per_file(mount, fresh_emulator):
+    root = mount().path / "basespace"
+    run_files = next((root / "Runs").iterdir()) / "Files/Data/Intensities/BaseCalls/L001/C7.1"
+    os.listdir(run_files.parent.parent)  # list the run's files once
+    before = fresh_emulator.stats()["api_requests"]
+    listing = tool("ls", "-l", str(run_files))
+    assert len(listing.splitlines()) == 9  # "total" and 8 tiles, each with its size
+    assert fresh_emulator.stats()["api_requests"] == before
+
+
+def test_every_file_has_the_source_size_and_md5(mount, emulator, account):
+    root = mount(None, "--memory-cache-size", "16M").path
+    files = mounted_files(root / "basespace")
+    expected = {f["Id"]: f for _, _, f in sampledata.iter_files(account)}
+    assert files.keys() == expected.keys()
+    for file_id, path in files.items():
+        assert path.stat().st_size == expected[file_id]["Size"], path
+    sums = md5sums(list(files.values()))
+    mismatched = [str(path) for file_id, path in files.items() if sums[path] != expected[file_id]["Md5"]]
+    assert not mismatched
+    large = root / "basespace" / ARCHIVE
+    assert hashlib.md5(source_path(emulator, os.getxattr(large, "user.omicsfs.id").decode()).read_bytes()).hexdigest() == sums[large]
+
+
+@pytest.fixture(scope="module")
+def local_copies(emulator, account, tmp_path_factory) -> Path:
+    """The BAM/VCF and their indexes, copied out of the emulator's store under their real names."""
+    directory = tmp_path_factory.mktemp("local")
+    for _, _, item in sampledata.iter_files(account):
+        if item["Path"].startswith(("Alignment/", "Variants/")):
+            shutil.copy(source_path(emulator, item["Id"]), directory / item["Name"])
+    return directory
+
+
+def test_samtools_and_tabix_answer_as_on_local_copies(mount, local_copies):
+    root = mount().path / "basespace" / WGS
+    bam, vcf = root / "Alignment/S1.bam", root / "Variants/S1.vcf.gz"
+    assert tool("samtools", "view", "-c", str(bam)) == tool("samtools", "view", "-c", str(local_copies / "S1.bam"))
+    for region in REGIONS:
+        mounted = tool("samtools", "view", str(bam), region)
+        assert mounted and mounted == tool("samtools", "view", str(local_copies / "S1.bam"), region)
+    mounted = tool("tabix", str(vcf), "chr2:1-200000")
+    assert mounted and mounted == tool("tabix", str(local_copies / "S1.vcf.gz"), "chr2:1-200000")
+
+
+def test_region_query_fetches_a_small_part_of_the_bam(mount, fresh_emulator, account):
+    root = mount().path / "basespace" / WGS
+    bam_size = (root / "Alignment/S1.bam").stat().st_size
+    fresh_emulator.reset_stats()
+    tool("samtools", "view", "-c", str(root / "Alignment/S1.bam"), "chr2:500000-501000")
+    fetched = fresh_emulator.stats()["store_bytes"]
+    assert 0 < fetched < bam_size / 4, f"{fetched} bytes fetched of a {bam_size}-byte BAM for one region"
+
+
+def test_paging_past_1000_files_with_capped_pages(mount, fresh_emulator, account):
+    fresh_emulator.knobs(page_cap=7)
+    root = mount().path / "basespace"
+    (run,) = account["runs"]
+    found = [Path(d, n) for d, _, names in os.walk(root / "Runs" / run["Name"] / "Files") for n in names if n != ".json"]
+    assert len(run["files"]) > 1000
+    assert len(found) == len(run["files"])
+    assert len(os.listdir(root / "Projects")) == len(account["projects"])
+    assert fresh_emulator.stats()["api_requests"] >= len(run["files"]) // 7
+
+
+def test_names_are_stable_across_remounts(mount):
+    first = sorted(os.listdir(mount().path / "basespace/Projects"))
+    second = sorted(os.listdir(mount().path / "basespace/Projects"))
+    assert first == second and len(set(first)) == len(first)
+
+
+def test_url_that_expires_in_the_middle_of_a_read(mount, fresh_emulator, emulator):
+    # URLs die after 2 s although BaseSpace says they live 10 minutes longer: the store's 403
+    # must make the client resolve a new URL, mid-read, without failing the read.
+    fresh_emulator.knobs(url_lifetime=2, url_expiry_skew=600)
+    mounted = mount(None, "--memory-cache-size", "8M")
+    large = mounted.path / "basespace" / ARCHIVE
+    digest = hashlib.md5()
+    with open(large, "rb") as file:
+        digest.update(file.read(8 << 20))
+        time.sleep(3)
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    expected = source_path(emulator, os.getxattr(large, "user.omicsfs.id").decode()).read_bytes()
+    assert digest.hexdigest() == hashlib.md5(expected).hexdigest()
+    assert "refused the download URL (403)" in mounted.log.read_text()
+
+
+def test_429_storm_is_ridden_out(mount, fresh_emulator, account):
+    fresh_emulator.knobs(failures=[rate_limit_failure(retry_after=1, count=3)])
+    root = mount().path / "basespace"
+    assert len(os.listdir(root / "Projects")) == len(account["projects"])
+    assert fresh_emulator.stats()["injected_failures"] == 3
+
+
+def test_store_5xx_storm_is_ridden_out(mount, fresh_emulator, emulator):
+    root = mount().path / "basespace" / WGS
+    fresh_emulator.knobs(failures=[{"prefix": "/store", "status": 503, "count": 3}])
+    data = (root / "Variants/S1.vcf.gz").read_bytes()
+    expected = source_path(emulator, os.getxattr(root / "Variants/S1.vcf.gz", "user.omicsfs.id").decode()).read_bytes()
+    assert data == expected
+    assert fresh_emulator.stats()["injected_failures"] == 3
+
+
+def test_missing_file_is_enoent_and_platform_errors_are_logged(mount, fresh_emulator):
+    mounted = mount()
+    root = mounted.path / "basespace"
+    with pytest.raises(FileNotFoundError):
+        (root / "Projects/No such project").stat()
+    vcf = root / WGS / "Variants/S1.vcf.gz"
+    os.listdir(vcf.parent)
+    # The kernel retries a failed readahead with a plain read: fail more often than that.
+    fresh_emulator.knobs(failures=[{"prefix": "/basespace", "status": 404, "count": 20}])
+    with pytest.raises(FileNotFoundError):
+        vcf.read_bytes()
+    fresh_emulator.knobs(failures=[{"prefix": "/store", "status": 403, "count": 20}])
+    with pytest.raises(PermissionError):
+        (root / WGS / "Variants/S1.vcf.gz.tbi").read_bytes()
+    log = mounted.log.read_text()
+    assert "basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Variants/S1.vcf.gz: read" in log
+    assert "404" in log and "403" in log
+
+
+def test_wrong_token_fails_the_mount_clearly_and_leaves_nothing_mounted(fresh_emulator, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(toml_config({"basespace": platform_table(fresh_emulator, "basespace", token="not-the-token")}))
+    config.chmod(0o600)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = run_omicsfs("mount", str(mountpoint), "--config", str(config), "--log-file", str(tmp_path / "log"), check=False)
+    assert result.returncode != 0
+    assert "rejected the access token" in result.stderr and "401" in result.stderr
+    assert "not-the-token" not in result.stderr
+    assert not is_mounted(mountpoint)
+    assert os.listdir(mountpoint) == []
+
+
+def test_daemon_memory_stays_within_the_cache_size(mount, emulator):
+    mounted = mount(None, "--memory-cache-size", "16M")
+    large = mounted.path / "basespace" / ARCHIVE
+    pid = mounted.daemon_pid()
+
+    def resident_kib() -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+    os.listdir(large.parent)
+    baseline = resident_kib()
+    subprocess.run(["cat", str(large)], stdout=subprocess.DEVNULL, check=True)
+    grown = resident_kib() - baseline
+    # The 16 MiB memory cache, plus at most a few blocks in flight per request and allocator slack.
+    assert grown < 16 * 1024 + 24 * 1024, f"the daemon grew by {grown} KiB reading a 64 MiB file"
+    assert large.stat().st_size > 3 * 16 * 1024 * 1024
