@@ -1,0 +1,41 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both install what is missing
+# on a Debian machine (root or sudo), make .venv and install omicsfs into it.
+
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# fuse3: fusermount3 and the kernel interface; libfuse3-dev + pkg-config + gcc + python3-dev: to
+# build pyfuse3; samtools, tabix: the tools the tests run through the mount; attr: getfattr.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv samtools tabix attr curl
+
+.PHONY: demo test bench deps venv clean
+
+demo: deps venv
+	$(VENV)/bin/omicsfs demo ./mnt
+
+test: deps venv
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+bench: deps venv
+	@command -v rclone >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rclone
+	$(PYTHON) bench/bench_read.py
+
+deps:
+	@missing=""; for package in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	@[ -e /dev/fuse ] || { echo "no /dev/fuse: FUSE is not available on this machine" >&2; exit 1; }
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info
