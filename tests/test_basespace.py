@@ -31,15 +31,15 @@ def source_path(emulator, file_id: str) -> Path:
     return sampledata.object_path(emulator.data_dir / "basespace", file_id)
 
 
-def mounted_files(root: Path) -> dict[str, Path]:
-    """Platform file id → path in the mount, for every file but the hidden entity metadata."""
-    files = {}
+def mounted_files(root: Path) -> dict[str, list[Path]]:
+    """Platform file id → its paths in the mount, for every file but the hidden entity metadata."""
+    files: dict[str, list[Path]] = {}
     for directory, _, names in os.walk(root):
         for name in names:
             if name in (".json", ".id"):
                 continue
             path = Path(directory, name)
-            files[os.getxattr(path, "user.omicsfs.id").decode()] = path
+            files.setdefault(os.getxattr(path, "user.omicsfs.id").decode(), []).append(path)
     return files
 
 
@@ -60,14 +60,15 @@ def tool(*command: str) -> str:
 
 def test_layout_as_basemount_users_know_it(mount, account):
     root = mount().path / "basespace"
-    assert sorted(os.listdir(root)) == ["Projects", "Runs"]
+    assert sorted(os.listdir(root)) == ["BioSamples", "Projects", "Runs"]
     projects = sorted(os.listdir(root / "Projects"))
     pilots = [p for p in account["projects"] if p["Name"] == "RNA Pilot"]
     assert projects == sorted(
         [f"RNA Pilot ({p['Id']})" for p in pilots] + ["Tumor-Normal WGS", "Exome 2024∕Q3"]
     ), "same-named projects both appear, told apart by id; a slash is made safe"
-    assert sorted(os.listdir(root / "Projects/Tumor-Normal WGS")) == [".id", ".json", "AppResults", "Samples"]
-    assert tool("ls", str(root / "Projects/Tumor-Normal WGS")).split() == ["AppResults", "Samples"]
+    entities = ["AppResults", "AppSessions", "Datasets", "Samples"]
+    assert sorted(os.listdir(root / "Projects/Tumor-Normal WGS")) == [".id", ".json", *entities]
+    assert tool("ls", str(root / "Projects/Tumor-Normal WGS")).split() == entities
     assert ".json" in tool("ls", "-a", str(root / "Projects/Tumor-Normal WGS")).split()
     project = next(p for p in account["projects"] if p["Name"] == "Tumor-Normal WGS")
     answer = json.loads((root / "Projects/Tumor-Normal WGS/.json").read_text())
@@ -108,13 +109,18 @@ def test_every_file_has_the_source_size_and_md5(mount, emulator, account):
     files = mounted_files(root / "basespace")
     expected = {f["Id"]: f for _, _, f in sampledata.iter_files(account)}
     assert files.keys() == expected.keys()
-    for file_id, path in files.items():
-        assert path.stat().st_size == expected[file_id]["Size"], path
-    sums = md5sums(list(files.values()))
-    mismatched = [str(path) for file_id, path in files.items() if sums[path] != expected[file_id]["Md5"]]
+    paths = [path for places in files.values() for path in places]
+    for file_id, places in files.items():
+        for path in places:
+            assert path.stat().st_size == expected[file_id]["Size"], path
+    sums = md5sums(paths)
+    mismatched = [str(path) for file_id, places in files.items() for path in places if sums[path] != expected[file_id]["Md5"]]
     assert not mismatched
     large = root / "basespace" / ARCHIVE
     assert hashlib.md5(source_path(emulator, os.getxattr(large, "user.omicsfs.id").decode()).read_bytes()).hexdigest() == sums[large]
+    # V2 shows V1's files again (datasets are samples and app results): every file in both places.
+    fastq = next(f for _, _, f in sampledata.iter_files(account) if f["Name"].endswith(".fastq.gz"))
+    assert len(files[fastq["Id"]]) >= 3, "Samples/…/Files, Datasets/…, BioSamples/…"
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +252,35 @@ def test_daemon_memory_stays_within_the_cache_size(mount, emulator):
     # The 16 MiB memory cache, plus at most a few blocks in flight per request and allocator slack.
     assert grown < 16 * 1024 + 24 * 1024, f"the daemon grew by {grown} KiB reading a 64 MiB file"
     assert large.stat().st_size > 3 * 16 * 1024 * 1024
+
+
+def test_v2_datasets_appsessions_biosamples_and_quota(mount, account, local_copies):
+    root = mount().path / "basespace"
+    project = root / "Projects/Tumor-Normal WGS"
+    wgs = next(p for p in account["projects"] if p["Name"] == "Tumor-Normal WGS")
+    expected = sorted([s["Name"] for s in wgs["samples"]] + [a["Name"] for a in wgs["appresults"]])
+    assert sorted(os.listdir(project / "Datasets")) == expected
+    dataset = project / "Datasets/BWA Alignment S1"
+    assert sorted(os.listdir(dataset)) == [".id", ".json", "Alignment", "Variants"]
+    assert json.loads((dataset / ".json").read_text())["DatasetType"]["Id"] == "common.files"
+    region = "chr1:100000-101000"
+    assert tool("samtools", "view", str(dataset / "Alignment/S1.bam"), region) == tool(
+        "samtools", "view", str(local_copies / "S1.bam"), region
+    )
+    sessions = sorted(os.listdir(project / "AppSessions"))
+    assert sessions == sorted(a["appsession"]["Name"].replace("/", "∕") for a in wgs["appresults"])
+    logs = project / "AppSessions" / sessions[0] / "Logs"
+    assert sorted(os.listdir(logs)) == ["Workflow", "stderr.txt", "stdout.txt"]
+    assert "started for" in (logs / "stdout.txt").read_text()
+    # A biosample per sample name; its datasets come from every project that sequenced it.
+    sample_names = {s["Name"] for p in account["projects"] for s in p["samples"]}
+    assert sorted(os.listdir(root / "BioSamples")) == sorted(sample_names)
+    s1_datasets = os.listdir(root / "BioSamples/S1")
+    assert len([n for n in s1_datasets if n.startswith("S1")]) == sum(
+        1 for p in account["projects"] for s in p["samples"] if s["Name"] == "S1"
+    )
+    # df shows the account's quota and usage (StorageStatistics).
+    statistics = account["user"]["StorageStatistics"]
+    usage = os.statvfs(root)
+    assert usage.f_blocks * usage.f_frsize == statistics["Quota"] // usage.f_frsize * usage.f_frsize
+    assert (usage.f_blocks - usage.f_bfree) * usage.f_frsize == pytest.approx(statistics["TotalSize"], rel=1e-3)

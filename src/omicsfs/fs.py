@@ -90,6 +90,7 @@ class Filesystem(pyfuse3.Operations):
         self._listing_locks: dict[int, trio.Lock] = {}
         self._handles: dict[int, DirHandle | FileHandle] = {}
         self._next_handle = itertools.count(1)
+        self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
 
     # -- the inode table ---------------------------------------------------------------------
 
@@ -267,6 +268,9 @@ class Filesystem(pyfuse3.Operations):
         return [f"{XATTR_PREFIX}{key}".encode() for key in node.entry.xattrs]
 
     async def statfs(self, ctx):
+        # Asked often (by `df`, and by some tools before every write): cached like listings.
+        if self._statfs is not None and time.monotonic() - self._statfs[0] < self.settings.metadata_ttl:
+            return self._statfs[1]
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = BLOCK_SIZE
         total = used = 0
@@ -283,6 +287,7 @@ class Filesystem(pyfuse3.Operations):
         data.f_files = len(self.nodes)
         data.f_ffree = data.f_favail = 0
         data.f_namemax = 255
+        self._statfs = (time.monotonic(), data)
         return data
 
     async def forget(self, inode_list):

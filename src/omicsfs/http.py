@@ -89,7 +89,7 @@ def error_detail(response: httpx.Response) -> str:
     except (json.JSONDecodeError, UnicodeDecodeError, httpx.ResponseNotRead):
         return ""
     if isinstance(body, dict):
-        for key in ("ResponseStatus", "message", "Message", "detail", "error"):
+        for key in ("ResponseStatus", "ErrorMessage", "message", "Message", "detail", "error"):
             value = body.get(key)
             if isinstance(value, dict):
                 value = value.get("Message") or value.get("message")

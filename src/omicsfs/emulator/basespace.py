@@ -12,11 +12,21 @@
 - `files/{id}/content` answers 302 to a presigned URL with an `Expires` header, or with
   `?redirect=meta` a JSON `HrefContent` / `Expires`.
 - 429s (injected through the knobs) carry `X-RateLimit-*` and `X-Retry-After`.
+
+V2 (seed 001), where the emulator derives the V2 view from the V1 account as BaseSpace does
+(a dataset per sample and per app result, `V1pre3Id` naming it; a biosample per sample name):
+- `{"Items", "Paging"}` envelopes with lower-case `offset`/`limit` (default 10, at most 1000 here),
+  capped by `knobs.page_cap` too; errors as `V2Error` (`ErrorCode`, `ErrorMessage`).
+- `datasets/{id}/files` and `appsessions/{id}/logfiles` list the files directly in `directory`
+  (root is /) and, with `includesubdirectories=true`, the `SubDirectories` below it, as objects
+  `{"Name", "Path"}` (the reference leaves their shape open).
+- `users/current` (V1) carries `StorageStatistics`.
 """
 
 from __future__ import annotations
 
 import email.utils
+import hashlib
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -281,8 +291,166 @@ def routes(world: World) -> list[Route]:
             return envelope({"HrefContent": url, "SupportsRange": True, "Expires": iso})
         return RedirectResponse(url, status_code=302, headers={"Expires": expires_http})
 
+    # -- V2 ----------------------------------------------------------------------------------
+
+    def v2_error(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse({"ErrorCode": code, "ErrorMessage": message}, status_code=status)
+
+    def v2_page(request: Request, items: list[dict], extra: dict | None = None) -> JSONResponse:
+        query = request.query_params
+        try:
+            offset = int(query.get("offset", 0))
+            limit = int(query.get("limit", 10))
+        except ValueError:
+            return v2_error(400, "BASESPACE.COMMON.INVALID_PARAMETER", "offset and limit must be integers")
+        if not 0 <= limit <= 1000 or offset < 0:
+            return v2_error(400, "BASESPACE.COMMON.INVALID_PARAMETER", "limit must be within 0-1000")
+        shown = items[offset : offset + min(limit, world.knobs.page_cap)]
+        paging = {"DisplayedCount": len(shown), "TotalCount": len(items), "Offset": offset, "Limit": limit,
+                  "SortDir": "Asc", "SortBy": query.get("sortby", "Id")}
+        return JSONResponse({"Items": shown, **(extra or {}), "Paging": paging})
+
+    def v2_endpoint(handler):
+        async def guarded(request: Request) -> Response:
+            if not authorized(request):
+                return v2_error(401, "BASESPACE.AUTHENTICATION.UNAUTHORIZED", "The access token is missing, invalid or revoked")
+            return handler(request, **request.path_params)
+
+        return guarded
+
+    datasets: dict[str, dict] = {}  # id -> {"answer", "files", "project", "sample name"}
+    for project in account.projects.values():
+        for kind, entities in (("illumina.fastq.v1.8", project["samples"]), ("common.files", project["appresults"])):
+            for entity in entities:
+                dataset_id = "ds." + hashlib.md5(f"dataset:{entity['Id']}".encode()).hexdigest()
+                answer = {
+                    "Id": dataset_id,
+                    "Href": f"v2/datasets/{dataset_id}",
+                    "HrefFiles": f"v2/datasets/{dataset_id}/files",
+                    "Name": entity["Name"],
+                    "DateCreated": entity["DateCreated"],
+                    "DateModified": entity["DateCreated"],
+                    "Project": project_item(project),
+                    "TotalSize": sum(f["Size"] for f in entity["files"]),
+                    "UserOwnedBy": account.owner(),
+                    "DatasetType": {"Id": kind, "Name": "FASTQ" if kind.startswith("illumina") else "Files"},
+                    "QcStatus": "QcPassed",
+                    "UploadStatus": "Complete",
+                    "V1pre3Id": entity["Id"],
+                    "IsDeleted": False,
+                }
+                sample_name = entity["Name"] if kind.startswith("illumina") else None
+                datasets[dataset_id] = {"answer": answer, "files": entity["files"], "project": project["Id"], "sample": sample_name}
+    biosamples: dict[str, dict] = {}
+    for project in account.projects.values():
+        for sample in project["samples"]:
+            biosample_id = str(5_000_000 + int(hashlib.md5(sample["Name"].encode()).hexdigest()[:6], 16))
+            biosamples.setdefault(biosample_id, {
+                "Id": biosample_id,
+                "Href": f"v2/biosamples/{biosample_id}",
+                "BioSampleName": sample["Name"],
+                "UserOwnedBy": account.owner(),
+                "DefaultProject": project_item(project),
+                "DateCreated": sample["DateCreated"],
+                "DateModified": sample["DateCreated"],
+                "Status": "Active",
+                "LabStatus": "Sequenced",
+            })
+    appsessions: dict[str, dict] = {}
+    for project in account.projects.values():
+        for appresult in project["appresults"]:
+            session = appresult.get("appsession")
+            if session:
+                answer = {
+                    "Id": session["Id"],
+                    "Name": session["Name"],
+                    "Href": f"v2/appsessions/{session['Id']}",
+                    "Application": {"Id": str(int(hashlib.md5(session["Application"].encode()).hexdigest()[:5], 16)), "Name": session["Application"]},
+                    "UserCreatedBy": account.owner(),
+                    "ExecutionStatus": session["ExecutionStatus"],
+                    "QcStatus": "QcPassed",
+                    "DateCreated": session["DateCreated"],
+                    "DateModified": session["DateCreated"],
+                    "TotalSize": sum(f["Size"] for f in appresult["files"]),
+                }
+                appsessions[session["Id"]] = {"answer": answer, "files": session["logs"], "project": project["Id"]}
+
+    def v2_file(item: dict) -> dict:
+        fid = item["Id"]
+        return {**file_item(item), "HrefContent": f"{API}/files/{fid}/content", "ETag": item["Md5"]}
+
+    def directory_listing(request: Request, files: list[dict]) -> JSONResponse:
+        directory = "/" + request.query_params.get("directory", "/").strip("/")
+        directory = directory.rstrip("/") + "/"
+        inside, subdirectories = [], {}
+        for item in files:
+            path = "/" + item["Path"].lstrip("/")
+            if not path.startswith(directory):
+                continue
+            rest = path[len(directory):]
+            if "/" in rest:
+                name = rest.split("/", 1)[0]
+                subdirectories.setdefault(name, {"Name": name, "Path": f"{directory}{name}/"})
+            else:
+                inside.append(v2_file(item))
+        extra = {}
+        if request.query_params.get("includesubdirectories", "false").lower() == "true":
+            extra["SubDirectories"] = sorted(subdirectories.values(), key=lambda d: d["Name"])
+        return v2_page(request, inside, extra)
+
+    @v2_endpoint
+    def project_datasets(request, pid):
+        if pid not in account.projects:
+            return v2_error(404, "BASESPACE.PROJECT.NOT_FOUND", f"Project {pid} not found")
+        return v2_page(request, [d["answer"] for d in datasets.values() if d["project"] == pid])
+
+    @v2_endpoint
+    def dataset_list(request):
+        wanted = request.query_params.get("inputbiosamples")
+        chosen = list(datasets.values())
+        if wanted:
+            names = {biosamples[b]["BioSampleName"] for b in wanted.split(",") if b in biosamples}
+            chosen = [d for d in chosen if d["sample"] in names]
+        return v2_page(request, [d["answer"] for d in chosen])
+
+    @v2_endpoint
+    def dataset(request, did):
+        found = datasets.get(did)
+        return JSONResponse(found["answer"]) if found else v2_error(404, "BASESPACE.DATASET.NOT_FOUND", f"Dataset {did} not found")
+
+    @v2_endpoint
+    def dataset_files(request, did):
+        found = datasets.get(did)
+        if not found:
+            return v2_error(404, "BASESPACE.DATASET.NOT_FOUND", f"Dataset {did} not found")
+        return directory_listing(request, found["files"])
+
+    @v2_endpoint
+    def biosample_list(request):
+        return v2_page(request, list(biosamples.values()))
+
+    @v2_endpoint
+    def appsession_list(request):
+        wanted = request.query_params.get("output.projects")
+        chosen = [a for a in appsessions.values() if not wanted or a["project"] in wanted.split(",")]
+        return v2_page(request, [a["answer"] for a in chosen])
+
+    @v2_endpoint
+    def appsession_logfiles(request, aid):
+        found = appsessions.get(aid)
+        if not found:
+            return v2_error(404, "BASESPACE.APPSESSION.NOT_FOUND", f"AppSession {aid} not found")
+        return directory_listing(request, found["files"])
+
     base = f"/{API}"
     return [
+        Route("/v2/projects/{pid}/datasets", project_datasets),
+        Route("/v2/datasets", dataset_list),
+        Route("/v2/datasets/{did}", dataset),
+        Route("/v2/datasets/{did}/files", dataset_files),
+        Route("/v2/biosamples", biosample_list),
+        Route("/v2/appsessions", appsession_list),
+        Route("/v2/appsessions/{aid}/logfiles", appsession_logfiles),
         Route(f"{base}/users/current", current_user),
         Route(f"{base}/users/current/projects", projects),
         Route(f"{base}/projects/{{pid}}", project),

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 
 import pysam
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _CHUNK = 8 << 20
 _TICKS_PER_SECOND = 10_000_000  # BaseSpace dates carry .NET's 100 ns ticks
@@ -105,6 +105,9 @@ def iter_files(account: dict) -> Iterator[tuple[str, dict, dict]]:
         for appresult in project["appresults"]:
             for file in appresult["files"]:
                 yield "appresult", appresult, file
+            appsession = appresult.get("appsession")
+            for file in appsession["logs"] if appsession else ():
+                yield "appsession", appsession, file
     for run in account["runs"]:
         for file in run["files"]:
             yield "run", run, file
@@ -207,7 +210,32 @@ def _build(store: _Store, large_file_size: int, workdir: Path) -> dict:
         _alignment_result(store, _ALIGNED_SAMPLE, reference, workdir),
         _archive_result(store, large_file_size),
     ]
+    for appresult in wgs["appresults"]:
+        appresult["appsession"] = _appsession(store, appresult)
     return {"user": _user(), "projects": projects, "runs": [_run(store)]}
+
+
+def _appsession(store: _Store, appresult: dict) -> dict:
+    """The analysis (V2 "AppSession") that produced an app result, with the logs BaseSpace keeps."""
+    rng = random.Random(f"appsession:{appresult['Name']}")
+    created = _later(_on(_RESULTS_DAY, rng) - 6 * 3600 * _TICKS_PER_SECOND, rng, 3600)
+    app = "BWA Aligner" if appresult["Name"].startswith("BWA") else "File Archiver"
+    started = _EPOCH + timedelta(microseconds=created // 10)
+    lines = [f"[{started:%Y-%m-%d %H:%M:%S}] {app} 1.1.4 started for {appresult['Name']}"]
+    lines += [f"[{started:%Y-%m-%d %H:%M:%S}] step {step}: {rng.choice(['ok', 'ok', 'retried', 'ok'])}" for step in range(1, 40)]
+    logs = [
+        store.add("Logs/stdout.txt", ["\n".join(lines).encode() + b"\n"], created),
+        store.add("Logs/stderr.txt", [f"WARNING: {rng.randint(1, 9)} reads with low MAPQ\n".encode()], created),
+        store.add("Logs/Workflow/commands.sh", [f"bwa mem -t 16 ref.fa R1.fq.gz R2.fq.gz | samtools sort -o {appresult['Name']}.bam\n".encode()], created),
+    ]
+    return {
+        "Id": hashlib.md5(f"appsession:{appresult['Id']}".encode()).hexdigest(),
+        "Name": f"{appresult['Name']} {started:%m/%d/%Y %H:%M:%S}",
+        "Application": app,
+        "ExecutionStatus": "Complete",
+        "DateCreated": _stamp(created),
+        "logs": logs,
+    }
 
 
 def _user() -> dict:
@@ -220,6 +248,8 @@ def _user() -> dict:
         "Email": email,
         "GravatarUrl": f"https://secure.gravatar.com/avatar/{gravatar}.jpg?s=20&d=mm&r=PG",
         "DateCreated": _stamp(_on(date(2021, 3, 4), rng)),
+        # V1pre3User.StorageStatistics (seed 001): what `df` shows on the mount.
+        "StorageStatistics": {"Unit": "bytes", "Quota": 1 << 40, "TotalSize": 187_512_345_678, "TotalOwnedSize": 187_512_345_678},
     }
 
 

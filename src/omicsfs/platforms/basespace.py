@@ -1,9 +1,12 @@
-"""Illumina BaseSpace, through the V1 API (`v1pre3`), laid out as BaseMount users know it.
+"""Illumina BaseSpace, through the V1 API (`v1pre3`) and what V2 adds, laid out as BaseMount users know it.
 
 ```
-NAME/Projects/<project>/Samples/<sample>/Files/<Path…>
-NAME/Projects/<project>/AppResults/<appresult>/Files/<Path…>
-NAME/Runs/<run>/Files/<Path…>
+NAME/Projects/<project>/Samples/<sample>/Files/<Path…>            V1
+NAME/Projects/<project>/AppResults/<appresult>/Files/<Path…>      V1
+NAME/Projects/<project>/Datasets/<dataset>/<directories…>         V2
+NAME/Projects/<project>/AppSessions/<appsession>/<log files…>     V2
+NAME/BioSamples/<biosample>/<dataset>/<directories…>              V2
+NAME/Runs/<run>/Files/<Path…>                                     V1
 ```
 
 Reference: the V1 API reference (seed 002). What it makes us do:
@@ -14,6 +17,15 @@ Reference: the V1 API reference (seed 002). What it makes us do:
 - Dates have 7 fractional digits and often no zone (`dates.parse_timestamp`).
 - Content: `files/{id}/content?redirect=meta` gives a presigned URL and its expiry (or a 302 to
   it, with the expiry in the `Expires` header); it is reused until it expires.
+
+And the V2 reference (seed 001):
+- Lists page with lower-case `offset`/`limit`; the envelope is `{"Items", "Paging": {"TotalCount"...}}`.
+- `datasets/{id}/files` and `appsessions/{id}/logfiles` list one `directory` at a time ("root is
+  /"), with `includesubdirectories` adding `SubDirectories`, whose item shape the reference leaves
+  open: a path string, or an object with `Path` or `Name`, are all accepted. Directories are
+  listed as they are opened, so a dataset of 100k files costs nothing until walked.
+- V2 files are `V1pre3FileCompact`s: their ids are V1 file ids, read through V1 `files/{id}/content`.
+- `users/current` carries `StorageStatistics` (`Quota`, `TotalSize`, `Unit`): shown by `df`.
 """
 
 from __future__ import annotations
@@ -27,12 +39,14 @@ import trio
 from omicsfs.dates import parse_timestamp
 from omicsfs.errors import AccessDenied, PlatformError
 from omicsfs.http import PresignedURLs
-from omicsfs.platform import Entry, Platform
+from omicsfs.platform import Entry, Platform, SpaceUsage
 
 API = "v1pre3/"
-#: The seed's caps: 1024 items a page, 1000 for file lists.
+API_V2 = "v2/"
+#: The seed's caps: 1024 items a page, 1000 for file lists (V2 states none: 1000 is asked there too).
 PAGE_LIMIT = 1024
 FILE_PAGE_LIMIT = 1000
+_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
 #: Run details fetched at once when listing runs (each run list item lacks its name).
 DETAIL_CONCURRENCY = 8
 
@@ -61,7 +75,7 @@ class BaseSpace(Platform):
     def _url(self, href: str) -> str:
         """An absolute URL for an API path or a relative `Href` (`v1pre3/projects/1`)."""
         href = href.lstrip("/")
-        return urljoin(self.host, href if href.startswith(API) else API + href)
+        return urljoin(self.host, href if href.startswith((API, API_V2)) else API + href)
 
     async def _response(self, href: str, *, what: str, params: dict | None = None) -> dict:
         body = await self.http.get_json(self._url(href), what=what, headers=self.headers, params=params)
@@ -81,6 +95,29 @@ class BaseSpace(Platform):
             if not page or (total is not None and len(items) >= total):
                 return items
 
+    async def _v2_items(self, href: str, *, what: str, params: dict | None = None) -> list[dict]:
+        """Every item of a V2 list, page by page."""
+        items, _ = await self._v2_page_all(href, what=what, params=params)
+        return items
+
+    async def _v2_page_all(self, href: str, *, what: str, params: dict | None = None) -> tuple[list[dict], list]:
+        """Every item of a V2 list, and the `SubDirectories` a file list names along the way."""
+        items: list[dict] = []
+        subdirectories: list = []
+        while True:
+            query = {**(params or {}), "offset": len(items), "limit": FILE_PAGE_LIMIT}
+            body = await self.http.get_json(self._url(href), what=what, headers=self.headers, params=query)
+            if not isinstance(body, dict):
+                raise PlatformError(f"{what}: BaseSpace answered without an Items envelope")
+            page = body.get("Items") or []
+            items.extend(page)
+            for subdirectory in body.get("SubDirectories") or []:
+                if subdirectory not in subdirectories:
+                    subdirectories.append(subdirectory)
+            total = (body.get("Paging") or {}).get("TotalCount")
+            if not page or (total is not None and len(items) >= total):
+                return items, subdirectories
+
     async def check(self) -> None:
         try:
             await self._response("users/current", what=self.name)
@@ -99,13 +136,40 @@ class BaseSpace(Platform):
     async def list_dir(self, entry: Entry) -> list[Entry]:
         kind, *args = entry.key
         if kind == "top":
-            return [Entry("Projects", True, ("projects",)), Entry("Runs", True, ("runs",))]
+            return [Entry(name, True, (name.lower(),)) for name in ("Projects", "Runs", "BioSamples")]
         if kind == "projects":
             projects = await self._items("users/current/projects", what=f"{self.name}/Projects")
             return [self._entity(item, ("project", item["Id"])) for item in projects]
         if kind == "project":
             (project_id,) = args
-            return [Entry("Samples", True, ("samples", project_id)), Entry("AppResults", True, ("appresults", project_id))]
+            return [
+                Entry(name, True, (name.lower(), project_id)) for name in ("Samples", "AppResults", "Datasets", "AppSessions")
+            ]
+        if kind in ("datasets", "biosample"):
+            (parent_id,) = args
+            href, params = (
+                (f"{API_V2}projects/{parent_id}/datasets", None)
+                if kind == "datasets"
+                else (f"{API_V2}datasets", {"inputbiosamples": parent_id})
+            )
+            items = await self._v2_items(href, what=f"{self.name}: {kind} {parent_id} datasets", params=params)
+            # The place is part of the key: a dataset shown under a project and under a biosample
+            # must be two directories to the kernel, which refuses a directory with two parents.
+            place = f"{kind}:{parent_id}"
+            return [self._entity(item, ("directory", f"{API_V2}datasets/{item['Id']}/files", "/", place)) for item in items]
+        if kind == "appsessions":
+            (project_id,) = args
+            items = await self._v2_items(
+                f"{API_V2}appsessions", what=f"{self.name}: project {project_id} appsessions", params={"output.projects": project_id}
+            )
+            return [
+                self._entity(item, ("directory", f"{API_V2}appsessions/{item['Id']}/logfiles", "/", project_id)) for item in items
+            ]
+        if kind == "biosamples":
+            items = await self._v2_items(f"{API_V2}biosamples", what=f"{self.name}/BioSamples")
+            return [self._entity(item, ("biosample", item["Id"]), item.get("BioSampleName")) for item in items]
+        if kind == "directory":
+            return await self._v2_directory(*args)
         if kind in ("samples", "appresults"):
             (project_id,) = args
             items = await self._items(f"projects/{project_id}/{kind}", what=f"{self.name}: project {project_id} {kind}")
@@ -184,6 +248,20 @@ class BaseSpace(Platform):
             entries.append(Entry(folder, True, ("files", container, entity_id, path), mtime=mtime, children=children))
         return entries
 
+    async def _v2_directory(self, href: str, directory: str, place: str) -> list[Entry]:
+        """One directory of a V2 file list: its files, and its subdirectories to be listed when opened."""
+        files, subdirectories = await self._v2_page_all(
+            href, what=f"{self.name}: {href} {directory}", params={"directory": directory, "includesubdirectories": "true"}
+        )
+        entries = [self._file(item) for item in files]
+        for subdirectory in subdirectories:
+            if isinstance(subdirectory, dict):
+                subdirectory = subdirectory.get("Path") or subdirectory.get("Name") or ""
+            name = str(subdirectory).rstrip("/").rsplit("/", 1)[-1]
+            if name:
+                entries.append(Entry(name, True, ("directory", href, f"{directory.rstrip('/')}/{name}/", place)))
+        return entries
+
     def _file(self, item: dict) -> Entry:
         created = item.get("DateCreated") or ""
         return Entry(
@@ -212,6 +290,14 @@ class BaseSpace(Platform):
         if not url:
             raise PlatformError(f"{what}: BaseSpace gave no download URL")
         return urljoin(self.host, url), _expiry(body.get("Expires") or response.headers.get("expires"))
+
+    async def space_usage(self) -> SpaceUsage | None:
+        user = await self._response("users/current", what=f"{self.name}: storage statistics")
+        statistics = user.get("StorageStatistics")
+        if not isinstance(statistics, dict) or statistics.get("Quota") is None:
+            return None
+        unit = _UNITS.get(str(statistics.get("Unit") or "").strip().lower(), 1)
+        return SpaceUsage(total=int(statistics["Quota"]) * unit, used=int(statistics.get("TotalSize") or 0) * unit)
 
     def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
         _, file_id = entry.key
