@@ -1,0 +1,565 @@
+"""Unit tests for `http.py` (retries, rate limits, errno mapping, redaction, presigned URLs) over
+`httpx.MockTransport`, and for the `Redact` log filter of `cli.py`.
+
+Tests that wait use pytest-trio's `autojump_clock`: sleeps take no real time, and the virtual
+clock tells how long the code chose to wait.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import io
+import json
+import logging
+import time
+import types
+
+import httpx
+import pytest
+import trio
+
+import omicsfs.http
+from omicsfs.cli import Redact
+from omicsfs.errors import AccessDenied, NotFound, PlatformError, error_for_status
+from omicsfs.http import Http, PresignedURLs, RetryPolicy, error_detail, redact_url, server_delay
+
+SIGNED = "https://store.example/bucket/obj.bam?X-Signature=deadbeef&X-Expires=123&token=hunter2"
+SECRET_PARTS = ("deadbeef", "hunter2", "X-Signature", "X-Expires")
+DATA = bytes(range(256)) * 64  # 16 KiB
+
+
+class Body(httpx.AsyncByteStream):
+    """A streamed response body (as a real transport gives), optionally cut off by a ReadError."""
+
+    def __init__(self, data: bytes, *, chunk: int = 1000, cut_after: int | None = None):
+        self.data = data
+        self.chunk = chunk
+        self.cut_after = cut_after
+
+    async def __aiter__(self):
+        for start in range(0, len(self.data), self.chunk):
+            if self.cut_after is not None and start >= self.cut_after:
+                raise httpx.ReadError("connection reset")
+            yield self.data[start : start + self.chunk]
+
+
+class Server:
+    """A MockTransport handler that answers from a script and records each request and when it came."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+        self.times: list[float] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        self.times.append(trio.current_time())
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        if callable(answer):
+            return answer(request)
+        return answer
+
+    @property
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.times, self.times[1:])]
+
+
+def ok(body: bytes = b"{}", **kwargs) -> httpx.Response:
+    return httpx.Response(200, content=body, **kwargs)
+
+
+def status(code: int, headers: dict | None = None, body: object = None) -> httpx.Response:
+    content = json.dumps(body).encode() if body is not None else b""
+    return httpx.Response(code, headers=headers, content=content)
+
+
+def ranged(request: httpx.Request) -> httpx.Response:
+    """Answers a Range request from DATA with 206, as an object store does."""
+    first, last = request.headers["range"].removeprefix("bytes=").split("-")
+    part = DATA[int(first) : int(last) + 1]
+    return httpx.Response(206, stream=Body(part), headers={"Content-Range": f"bytes {first}-{last}/{len(DATA)}"})
+
+
+@pytest.fixture
+async def client_for():
+    clients = []
+
+    def make(server: Server) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(server))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+def http_for(client_for, server: Server, attempts: int = 4, base_delay: float = 0.5, max_delay: float = 10.0) -> Http:
+    return Http(client_for(server), RetryPolicy(attempts=attempts, base_delay=base_delay, max_delay=max_delay))
+
+
+def assert_redacted(text: str) -> None:
+    for part in SECRET_PARTS:
+        assert part not in text, f"{part!r} leaked into {text!r}"
+
+
+# -- redact_url, server_delay, error_detail ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        (SIGNED, "https://store.example/bucket/obj.bam?…"),
+        ("https://api.example/v1pre3/files/7", "https://api.example/v1pre3/files/7"),
+        ("https://api.example/a?b=c#frag", "https://api.example/a?…"),
+        ("https://api.example/a#frag", "https://api.example/a"),
+        (httpx.URL(SIGNED), "https://store.example/bucket/obj.bam?…"),
+    ],
+)
+def test_redact_url(url, expected):
+    assert redact_url(url) == expected
+
+
+def response_with(headers: dict) -> httpx.Response:
+    return httpx.Response(429, headers=headers)
+
+
+def test_server_delay_headers():
+    assert server_delay(response_with({})) is None
+    assert server_delay(response_with({"X-Retry-After": "5"})) == 5.0
+    assert server_delay(response_with({"Retry-After": "7"})) == 7.0
+    assert server_delay(response_with({"Retry-After": "1.5"})) == 1.5
+    assert server_delay(response_with({"Retry-After": "-3"})) == 0.0
+    # BaseSpace's header wins over the standard one.
+    assert server_delay(response_with({"X-Retry-After": "2", "Retry-After": "9"})) == 2.0
+    # An unreadable value falls through to the next header.
+    assert server_delay(response_with({"X-Retry-After": "soon", "Retry-After": "4"})) == 4.0
+    assert server_delay(response_with({"Retry-After": "whenever"})) is None
+
+
+def test_server_delay_http_date():
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert server_delay(response_with({"Retry-After": when})) == pytest.approx(30, abs=2)
+    past = email.utils.formatdate(time.time() - 30, usegmt=True)
+    assert server_delay(response_with({"Retry-After": past})) == 0.0
+
+
+def test_server_delay_rate_limit_reset():
+    # Seven Bridges: the Unix time the limit resets.
+    assert server_delay(response_with({"X-RateLimit-Reset": str(int(time.time()) + 12)})) == pytest.approx(12, abs=1.5)
+    assert server_delay(response_with({"X-RateLimit-Reset": str(int(time.time()) - 100)})) == 0.0
+    # A small number is seconds to wait.
+    assert server_delay(response_with({"X-RateLimit-Reset": "3"})) == 3.0
+    assert server_delay(response_with({"X-RateLimit-Reset": "tomorrow"})) is None
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ({"ResponseStatus": {"ErrorCode": "NotFound", "Message": "File not found"}}, ": File not found"),
+        ({"message": "Token expired"}, ": Token expired"),
+        ({"Message": "Forbidden"}, ": Forbidden"),
+        ({"detail": "nope"}, ": nope"),
+        ({"error": "x" * 500}, ": " + "x" * 200),
+        ({"other": 1}, ""),
+        ([1, 2], ""),
+    ],
+)
+def test_error_detail(body, expected):
+    assert error_detail(httpx.Response(400, json=body)) == expected
+
+
+def test_error_detail_of_a_body_that_is_not_json():
+    assert error_detail(httpx.Response(502, content=b"<html>Bad gateway</html>")) == ""
+    assert error_detail(httpx.Response(502, content=b"\xff\xfe\x00garbage")) == ""
+
+
+@pytest.mark.parametrize(
+    "code, cls, errno_",
+    [(404, NotFound, errno.ENOENT), (401, AccessDenied, errno.EACCES), (403, AccessDenied, errno.EACCES),
+     (416, PlatformError, errno.EINVAL), (400, PlatformError, errno.EIO), (409, PlatformError, errno.EIO)],
+)
+def test_error_for_status(code, cls, errno_):
+    error = error_for_status(code, "what: why")
+    assert type(error) is cls and error.errno == errno_ and error.status == code and str(error) == "what: why"
+
+
+def test_retry_backoff_is_bounded():
+    policy = RetryPolicy(attempts=8, base_delay=0.2, max_delay=5.0)
+    for attempt in range(12):
+        for _ in range(20):
+            assert 0 <= policy.backoff(attempt) <= min(5.0, 0.2 * 2**attempt)
+
+
+# -- Http: success, retries, rate limits ----------------------------------------------------------
+
+
+async def test_request_returns_the_response(client_for):
+    server = Server(ok(b'{"Response": {"Id": "7"}}'))
+    http = http_for(client_for, server)
+    assert await http.get_json("https://api.example/v1pre3/users/current", what="check") == {"Response": {"Id": "7"}}
+    assert len(server.requests) == 1
+
+
+async def test_params_and_headers_are_sent(client_for):
+    server = Server(ok())
+    http = http_for(client_for, server)
+    await http.request("GET", "https://api.example/files", what="list", params={"Offset": 5}, headers={"x-access-token": "t"})
+    request = server.requests[0]
+    assert request.url.params["Offset"] == "5" and request.headers["x-access-token"] == "t"
+
+
+@pytest.mark.parametrize(
+    "headers, wait",
+    [({"X-Retry-After": "3"}, 3.0), ({"Retry-After": "7"}, 7.0), ({"X-RateLimit-Reset": "5"}, 5.0)],
+)
+async def test_429_waits_as_long_as_the_server_asks(client_for, autojump_clock, headers, wait):
+    server = Server(status(429, headers), status(429, headers), ok(b"[1]"))
+    http = http_for(client_for, server)
+    assert await http.get_json("https://api.example/x", what="rate") == [1]
+    assert len(server.requests) == 3
+    for gap in server.gaps:
+        assert wait <= gap <= wait + 0.11
+
+
+async def test_429_with_a_reset_time(client_for, autojump_clock):
+    reset = str(int(time.time()) + 20)
+    server = Server(status(429, {"X-RateLimit-Reset": reset}), ok())
+    http = http_for(client_for, server)
+    await http.request("GET", "https://api.example/x", what="rate")
+    assert server.gaps[0] == pytest.approx(20, abs=1.5)
+
+
+async def test_429_without_a_header_backs_off(client_for, autojump_clock):
+    server = Server(status(429), status(429), status(429), ok())
+    http = http_for(client_for, server, attempts=4, base_delay=0.5)
+    await http.request("GET", "https://api.example/x", what="rate")
+    assert len(server.requests) == 4
+    for attempt, gap in enumerate(server.gaps):
+        assert gap <= 0.5 * 2**attempt + 1e-9
+
+
+async def test_server_asking_for_too_long_a_wait_is_not_waited_for(client_for, autojump_clock):
+    server = Server(status(429, {"Retry-After": "3600"}), ok())
+    http = http_for(client_for, server, max_delay=10.0)
+    start = trio.current_time()
+    with pytest.raises(PlatformError, match="giving up") as info:
+        await http.request("GET", SIGNED, what="slow")
+    assert trio.current_time() - start < 1
+    assert len(server.requests) == 1
+    assert info.value.errno == errno.EIO
+    assert_redacted(str(info.value))
+
+
+@pytest.mark.parametrize("code", [500, 502, 503, 504])
+async def test_5xx_is_retried(client_for, autojump_clock, code):
+    server = Server(status(code), status(code), ok(b'"fine"'))
+    http = http_for(client_for, server)
+    assert await http.get_json("https://api.example/x", what="flaky") == "fine"
+    assert len(server.requests) == 3
+
+
+async def test_connection_errors_are_retried(client_for, autojump_clock):
+    server = Server(httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), ok(b"[]"))
+    http = http_for(client_for, server)
+    assert await http.get_json("https://api.example/x", what="net") == []
+    assert len(server.requests) == 3
+
+
+async def test_exhausted_retries_raise_eio(client_for, autojump_clock, caplog):
+    server = Server(status(503, body={"message": "try later"}))
+    http = http_for(client_for, server, attempts=4)
+    with caplog.at_level(logging.WARNING, logger="omicsfs.http"):
+        with pytest.raises(PlatformError) as info:
+            await http.request("GET", SIGNED, what="sample.bam")
+    error = info.value
+    assert type(error) is PlatformError and error.errno == errno.EIO
+    assert len(server.requests) == 4
+    message = str(error)
+    assert message.startswith("sample.bam: gave up after 4 attempts")
+    assert "503" in message and "try later" in message and "https://store.example/bucket/obj.bam?…" in message
+    assert_redacted(message)
+    retries = [r.getMessage() for r in caplog.records]
+    assert len(retries) == 3  # one line per retry, none after the last attempt
+    for line in retries:
+        assert_redacted(line)
+        assert line.startswith("sample.bam: ")
+
+
+async def test_exhausted_retries_on_connection_errors(client_for, autojump_clock):
+    server = Server(httpx.ConnectError("refused"))
+    http = http_for(client_for, server, attempts=3)
+    with pytest.raises(PlatformError) as info:
+        await http.request("GET", SIGNED, what="file", params={"access_token": "hunter2"})
+    assert info.value.errno == errno.EIO
+    assert "ConnectError" in str(info.value)
+    assert_redacted(str(info.value))
+    assert len(server.requests) == 3
+
+
+# -- Http: errors that are not retried ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code, cls, errno_",
+    [(404, NotFound, errno.ENOENT), (401, AccessDenied, errno.EACCES), (403, AccessDenied, errno.EACCES),
+     (400, PlatformError, errno.EIO), (416, PlatformError, errno.EINVAL)],
+)
+async def test_errors_map_to_errno_without_retrying(client_for, autojump_clock, code, cls, errno_):
+    server = Server(status(code, body={"ResponseStatus": {"Message": "Nope"}}), ok())
+    http = http_for(client_for, server)
+    with pytest.raises(PlatformError) as info:
+        await http.request("GET", SIGNED, what="Projects/P1/x.bam")
+    error = info.value
+    assert type(error) is cls and error.errno == errno_ and error.status == code
+    assert len(server.requests) == 1
+    message = str(error)
+    assert message.startswith("Projects/P1/x.bam: GET https://store.example/bucket/obj.bam?… answered")
+    assert str(code) in message and "Nope" in message
+    assert_redacted(message)
+
+
+async def test_custom_ok(client_for):
+    server = Server(status(404))
+    http = http_for(client_for, server)
+    response = await http.request("GET", "https://api.example/x", what="probe", ok=lambda code: code in (200, 404))
+    assert response.status_code == 404
+
+
+async def test_body_that_is_not_json(client_for):
+    server = Server(ok(b"<html>maintenance</html>"))
+    http = http_for(client_for, server)
+    with pytest.raises(PlatformError, match="not JSON") as info:
+        await http.get_json(SIGNED, what="list")
+    assert_redacted(str(info.value))
+
+
+# -- Http.read_range ------------------------------------------------------------------------------
+
+
+async def test_read_range_sends_range_and_streams(client_for):
+    server = Server(ranged)
+    http = http_for(client_for, server)
+    chunks = [chunk async for chunk in http.read_range(SIGNED, 100, 5100, what="f", headers={"x-a": "b"})]
+    assert len(chunks) > 1  # streamed, not read whole
+    assert b"".join(chunks) == DATA[100:5100]
+    assert server.requests[0].headers["range"] == "bytes=100-5099"
+    assert server.requests[0].headers["x-a"] == "b"
+
+
+async def test_read_range_when_the_server_sends_the_whole_object_from_the_start(client_for):
+    """A 200 answer ignores Range: the bytes before `start` are dropped."""
+    server = Server(lambda request: httpx.Response(200, stream=Body(DATA, chunk=700)))
+    http = http_for(client_for, server)
+    data = b"".join([chunk async for chunk in http.read_range(SIGNED, 1500, len(DATA), what="f")])
+    assert data == DATA[1500:]
+
+
+async def test_read_range_refused(client_for):
+    server = Server(status(403))
+    http = http_for(client_for, server)
+    with pytest.raises(AccessDenied) as info:
+        async for _ in http.read_range(SIGNED, 0, 10, what="f"):
+            pass
+    assert_redacted(str(info.value))
+
+
+async def test_read_range_cut_mid_body_raises_a_transport_error(client_for):
+    """The block cache resumes on `httpx.TransportError`: a cut body must reach it as one."""
+    server = Server(lambda request: httpx.Response(206, stream=Body(DATA, cut_after=3000)))
+    http = http_for(client_for, server)
+    received = bytearray()
+    with pytest.raises(httpx.TransportError):
+        async for chunk in http.read_range(SIGNED, 0, len(DATA), what="f"):
+            received += chunk
+    assert bytes(received) == DATA[:3000]
+    assert len(server.requests) == 1
+
+
+# -- PresignedURLs --------------------------------------------------------------------------------
+
+
+class Resolver:
+    """Hands out a new presigned URL per call, with the given lifetime."""
+
+    def __init__(self, lifetime: float | None):
+        self.lifetime = lifetime
+        self.calls: list[object] = []
+
+    async def __call__(self, key):
+        self.calls.append(key)
+        expires = None if self.lifetime is None else time.time() + self.lifetime
+        return f"https://store.example/{key}?X-Signature=sig{len(self.calls)}", expires
+
+
+async def test_presigned_url_is_reused_until_near_expiry(client_for):
+    resolver = Resolver(lifetime=3600)
+    urls = PresignedURLs(http_for(client_for, Server(ok())), resolver)
+    first = await urls.url("file-1")
+    assert await urls.url("file-1") == first
+    assert await urls.url("file-2") != first
+    assert resolver.calls == ["file-1", "file-2"]
+
+
+async def test_presigned_url_without_expiry_is_reused(client_for):
+    resolver = Resolver(lifetime=None)
+    urls = PresignedURLs(http_for(client_for, Server(ok())), resolver)
+    assert await urls.url("k") == await urls.url("k")
+    assert len(resolver.calls) == 1
+
+
+@pytest.mark.parametrize("lifetime", [PresignedURLs.EXPIRY_MARGIN - 1, 0, -60])
+async def test_presigned_url_near_or_past_expiry_is_resolved_again(client_for, lifetime):
+    resolver = Resolver(lifetime=lifetime)
+    urls = PresignedURLs(http_for(client_for, Server(ok())), resolver)
+    first = await urls.url("k")
+    second = await urls.url("k")
+    assert first != second
+    assert resolver.calls == ["k", "k"]
+
+
+async def test_presigned_read_range_resolves_again_after_403(client_for, caplog):
+    def store(request: httpx.Request) -> httpx.Response:
+        if request.url.params["X-Signature"] == "sig1":
+            return status(403)  # the first URL has expired at the store, whatever it said
+        return ranged(request)
+
+    server = Server(store)
+    resolver = Resolver(lifetime=3600)
+    urls = PresignedURLs(http_for(client_for, server), resolver)
+    with caplog.at_level(logging.INFO, logger="omicsfs.http"):
+        data = b"".join([chunk async for chunk in urls.read_range("obj", 10, 4000, what="obj.bam")])
+    assert data == DATA[10:4000]
+    assert len(resolver.calls) == 2
+    assert [r.url.params["X-Signature"] for r in server.requests] == ["sig1", "sig2"]
+    assert all(r.headers["range"] == "bytes=10-3999" for r in server.requests)
+    # The new URL is the one kept.
+    assert await urls.url("obj") == "https://store.example/obj?X-Signature=sig2"
+    for record in caplog.records:
+        assert_redacted(record.getMessage())
+        assert "sig1" not in record.getMessage()
+
+
+async def test_presigned_read_range_gives_up_after_a_second_403(client_for):
+    server = Server(status(403))
+    resolver = Resolver(lifetime=3600)
+    urls = PresignedURLs(http_for(client_for, server), resolver)
+    with pytest.raises(AccessDenied) as info:
+        async for _ in urls.read_range("obj", 0, 100, what="obj.bam"):
+            pass
+    assert info.value.errno == errno.EACCES
+    assert len(resolver.calls) == 2 and len(server.requests) == 2
+    assert "sig" not in str(info.value)
+    # A refused URL is not kept.
+    await urls.url("obj")
+    assert len(resolver.calls) == 3
+
+
+async def test_presigned_read_resumed_later_uses_a_fresh_url(client_for, monkeypatch):
+    """A read resumed after the URL's expiry (e.g. by the block cache) resolves again first."""
+    now = [time.time()]
+    monkeypatch.setattr(omicsfs.http, "time", types.SimpleNamespace(time=lambda: now[0]))  # http.py's clock only
+    server = Server(ranged)
+    resolver = Resolver(lifetime=60)  # resolves with the real clock: expires at about now[0] + 60
+    resolver_time = now[0]
+    urls = PresignedURLs(http_for(client_for, server), resolver)
+    assert b"".join([c async for c in urls.read_range("obj", 0, 1000, what="f")]) == DATA[:1000]
+    now[0] = resolver_time + 60 - PresignedURLs.EXPIRY_MARGIN - 1  # not yet within the margin
+    assert b"".join([c async for c in urls.read_range("obj", 1000, 2000, what="f")]) == DATA[1000:2000]
+    now[0] = resolver_time + 60 - PresignedURLs.EXPIRY_MARGIN + 1  # within it
+    assert b"".join([c async for c in urls.read_range("obj", 2000, 3000, what="f")]) == DATA[2000:3000]
+    assert [r.url.params["X-Signature"] for r in server.requests] == ["sig1", "sig1", "sig2"]
+    assert [r.headers["range"] for r in server.requests] == ["bytes=0-999", "bytes=1000-1999", "bytes=2000-2999"]
+
+
+async def test_presigned_read_not_found_is_not_resolved_again(client_for):
+    server = Server(status(404))
+    resolver = Resolver(lifetime=3600)
+    urls = PresignedURLs(http_for(client_for, server), resolver)
+    with pytest.raises(NotFound):
+        async for _ in urls.read_range("obj", 0, 100, what="f"):
+            pass
+    assert len(resolver.calls) == 1
+
+
+# -- cli.Redact -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redacted_log():
+    """A logger whose handler formats through `Redact`; returns (logger, stream)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(Redact(["tok-ABC123", "", "second-secret"]))
+    logger = logging.getLogger("omicsfs.test-redact")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    yield logger, stream
+    logger.handlers.clear()
+
+
+def test_redact_strips_query_strings(redacted_log):
+    logger, stream = redacted_log
+    logger.info("GET %s answered %d", SIGNED, 200)
+    logger.info("url in quotes: '%s' and <%s>", SIGNED, "http://h/p?a=1")
+    text = stream.getvalue()
+    assert_redacted(text)
+    assert "GET https://store.example/bucket/obj.bam?… answered 200" in text
+    assert "'https://store.example/bucket/obj.bam?…'" in text and "<http://h/p?…>" in text
+
+
+def test_redact_leaves_other_urls_alone(redacted_log):
+    logger, stream = redacted_log
+    logger.info("listing https://api.example/v1pre3/projects/1/samples (page 2)")
+    assert "listing https://api.example/v1pre3/projects/1/samples (page 2)" in stream.getvalue()
+
+
+def test_redact_replaces_tokens(redacted_log):
+    logger, stream = redacted_log
+    logger.warning("header x-access-token: %s", "tok-ABC123")
+    logger.warning("second-secret in the message itself")
+    text = stream.getvalue()
+    assert "tok-ABC123" not in text and "second-secret" not in text
+    assert text.count("<token>") == 2
+
+
+def test_redact_cleans_exception_text(redacted_log):
+    logger, stream = redacted_log
+    try:
+        raise RuntimeError(f"request to {SIGNED} with token tok-ABC123 failed")
+    except RuntimeError:
+        logger.exception("fetch failed for %s", "tok-ABC123")
+    text = stream.getvalue()
+    assert "Traceback" in text and "RuntimeError" in text
+    assert_redacted(text)
+    assert "tok-ABC123" not in text
+    assert "https://store.example/bucket/obj.bam?…" in text
+
+
+def test_redact_cleans_chained_exception_text(redacted_log):
+    logger, stream = redacted_log
+    try:
+        try:
+            raise httpx.ConnectError(f"cannot reach {SIGNED}")
+        except httpx.ConnectError as exc:
+            raise PlatformError("obj.bam: gave up") from exc
+    except PlatformError:
+        logger.error("read failed", exc_info=True)
+    text = stream.getvalue()
+    assert "ConnectError" in text and "gave up" in text
+    assert_redacted(text)
+
+
+def test_redact_keeps_the_record_loggable_twice(redacted_log):
+    """After the filter the message is final: a second handler must not re-apply the arguments."""
+    logger, stream = redacted_log
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "100%% of %s", (SIGNED,), None)
+    assert Redact(["not-in-it"]).filter(record)
+    assert record.getMessage() == "100% of https://store.example/bucket/obj.bam?…"
+    assert Redact(["not-in-it"]).filter(record)
+    assert record.getMessage() == "100% of https://store.example/bucket/obj.bam?…"

@@ -1,0 +1,224 @@
+"""Unit tests for names in the mount (`naming.py`) and for the timestamps shown with them (`dates.py`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from omicsfs.dates import parse_timestamp
+from omicsfs.naming import MAX_NAME_BYTES, safe_name, unique_names, with_id
+
+META_FILES = (".json", ".id")  # what fs.py reserves in every entity directory
+
+
+@dataclass(eq=False)  # distinct items even with equal fields, as platforms' listings can hold
+class Item:
+    name: str
+    uid: str
+
+
+def names(items, reserved=META_FILES) -> dict[Item, str]:
+    named = unique_names(items, lambda i: i.name, lambda i: i.uid, reserved=reserved)
+    assert len(named) == len(items)
+    result = {item: name for name, item in named}
+    assert len(result) == len(items)
+    return result
+
+
+def assert_valid(name: str) -> None:
+    assert name not in ("", ".", "..")
+    assert "/" not in name and "\0" not in name
+    assert len(name.encode("utf-8")) <= MAX_NAME_BYTES
+
+
+# -- safe_name ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("sample.bam", "sample.bam"),
+        ("a/b", "a∕b"),
+        ("/", "∕"),
+        ("a\0b", "ab"),
+        ("", "_"),
+        ("\0", "_"),
+        (".", "_._"),
+        ("..", "_.._"),
+        ("...", "..."),
+        (".hidden", ".hidden"),
+        ("RNA Pilot (2)", "RNA Pilot (2)"),
+    ],
+)
+def test_safe_name(raw, expected):
+    assert safe_name(raw) == expected
+    assert_valid(safe_name(raw))
+
+
+@pytest.mark.parametrize("char", ["x", "é", "€", "𝔊", "日"])
+def test_safe_name_truncates_to_255_bytes_on_a_character_boundary(char):
+    raw = char * 300
+    name = safe_name(raw)
+    assert_valid(name)
+    encoded = name.encode("utf-8")
+    width = len(char.encode())
+    assert len(encoded) > MAX_NAME_BYTES - width  # as long as fits, no shorter
+    assert name == char * (len(encoded) // width)  # whole characters only
+
+
+def test_safe_name_truncates_after_replacing():
+    # The replacement for "/" is 3 bytes in UTF-8: the limit applies to the result.
+    name = safe_name("/" * 200)
+    assert_valid(name)
+    assert name == "∕" * 85
+
+
+def test_safe_name_keeps_short_multibyte_names():
+    raw = "Échantillon-日本-𝔊" * 5
+    assert len(raw.encode()) <= MAX_NAME_BYTES
+    assert safe_name(raw) == raw
+
+
+# -- with_id --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, uid, expected",
+    [
+        ("S1.bam.bai", "7", "S1 (7).bam.bai"),
+        ("S1.bam", "7", "S1 (7).bam"),
+        ("RNA Pilot", "123", "RNA Pilot (123)"),
+        (".hidden", "4", ".hidden (4)"),
+        ("reads.fastq.gz", "a-b", "reads (a-b).fastq.gz"),
+        ("x." + "e" * 40, "1", "x." + "e" * 40 + " (1)"),  # not an extension: too long
+    ],
+)
+def test_with_id_goes_before_extensions(name, uid, expected):
+    assert with_id(name, uid) == expected
+
+
+@pytest.mark.parametrize("char", ["x", "é", "日", "𝔊"])
+def test_with_id_keeps_the_id_and_extension_within_255_bytes(char):
+    named = with_id(char * 300 + ".vcf.gz", "12345")
+    assert_valid(named)
+    assert named.endswith(" (12345).vcf.gz")
+    assert len(named.encode()) > MAX_NAME_BYTES - 4  # the stem was cut, not dropped
+    assert named.startswith(char * 10)
+
+
+# -- unique_names ---------------------------------------------------------------------------------
+
+
+def test_unique_names_leave_unique_names_alone():
+    items = [Item("a.bam", "1"), Item("a.bam.bai", "2"), Item("b", "3")]
+    assert names(items) == {items[0]: "a.bam", items[1]: "a.bam.bai", items[2]: "b"}
+
+
+def test_duplicates_all_get_their_ids_before_the_extension():
+    items = [Item("S1.bam.bai", "7"), Item("S1.bam.bai", "3"), Item("RNA Pilot", "10"), Item("RNA Pilot", "9")]
+    assert names(items) == {
+        items[0]: "S1 (7).bam.bai",
+        items[1]: "S1 (3).bam.bai",
+        items[2]: "RNA Pilot (10)",
+        items[3]: "RNA Pilot (9)",
+    }
+
+
+def test_names_that_become_equal_when_made_safe_are_duplicates():
+    items = [Item("a/b", "1"), Item("a∕b", "2"), Item("a\0/b", "3")]
+    result = names(items)
+    assert result == {items[0]: "a∕b (1)", items[1]: "a∕b (2)", items[2]: "a∕b (3)"}
+
+
+def test_unsafe_names_are_made_safe():
+    items = [Item("", "1"), Item(".", "2"), Item("..", "3"), Item("x" * 400, "4"), Item("a/b", "5")]
+    result = names(items)
+    for name in result.values():
+        assert_valid(name)
+    assert result[items[4]] == "a∕b"
+
+
+def test_reserved_names_are_avoided():
+    items = [Item(".json", "5"), Item(".id", "6"), Item("data.json", "7")]
+    result = names(items)
+    assert result == {items[0]: ".json (5)", items[1]: ".id (6)", items[2]: "data.json"}
+    assert not set(result.values()) & set(META_FILES)
+
+
+def test_ids_that_repeat_fall_back_to_a_counter():
+    items = [Item("x.txt", ""), Item("x.txt", ""), Item("x.txt", "")]
+    result = names(items)
+    assert len(set(result.values())) == 3
+    for name in result.values():
+        assert_valid(name)
+        assert name.startswith("x (") and name.endswith(").txt")
+
+
+def test_long_duplicates_stay_unique_and_within_the_limit():
+    long = "é" * 125 + ".bam"  # 254 bytes: fits alone, but not with an id
+    assert safe_name(long) == long
+    items = [Item(long, "1001"), Item(long, "1002")]
+    result = names(items)
+    assert len(set(result.values())) == 2
+    for item, name in result.items():
+        assert_valid(name)
+        assert name.endswith(f" ({item.uid}).bam")
+
+
+def test_names_do_not_depend_on_listing_order():
+    items = [
+        Item("S1.bam", "20"), Item("S1.bam", "3"), Item("S1.bam.bai", "20"), Item("S1.bam.bai", "3"),
+        Item("RNA Pilot", "100"), Item("RNA Pilot", "11"), Item("RNA Pilot", "2"),
+        Item("notes.txt", "5"), Item(".json", "8"), Item("a/b", "9"), Item("a∕b", "10"),
+    ]
+    expected = names(items)
+    rng = random.Random(3)
+    for _ in range(200):
+        shuffled = items[:]
+        rng.shuffle(shuffled)
+        assert names(shuffled) == expected
+    for permutation in itertools.permutations(items[:5]):
+        assert names(list(permutation)) == names(items[:5])
+
+
+def test_a_new_sibling_does_not_rename_the_others():
+    group = [Item("RNA Pilot", "11"), Item("RNA Pilot", "2")]
+    before = names(group)
+    newcomer = Item("RNA Pilot", "5")
+    after = names([*group, newcomer])
+    assert {item: after[item] for item in group} == before
+    assert after[newcomer] == "RNA Pilot (5)"
+
+
+# -- dates.parse_timestamp ------------------------------------------------------------------------
+
+EPOCH_2012 = dt.datetime(2012, 2, 14, 7, 1, 6, tzinfo=dt.timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2012-02-14T07:01:06.0000000", EPOCH_2012),  # BaseSpace: 7 digits, no zone means UTC
+        ("2012-02-14T07:01:06.1234567", EPOCH_2012 + 0.123456),
+        ("2012-02-14T07:01:06.1234567Z", EPOCH_2012 + 0.123456),
+        ("2012-02-14T07:01:06Z", EPOCH_2012),
+        ("2012-02-14T07:01:06z", EPOCH_2012),
+        ("2012-02-14T07:01:06", EPOCH_2012),
+        ("2012-02-14T07:01:06.5", EPOCH_2012 + 0.5),
+        ("2012-02-14 07:01:06", EPOCH_2012),
+        ("2012-02-14T09:01:06.0000000+02:00", EPOCH_2012),
+        ("2012-02-14T02:01:06.1234567-05:00", EPOCH_2012 + 0.123456),
+        ("  2012-02-14T07:01:06Z  ", EPOCH_2012),
+    ],
+)
+def test_parse_timestamp(text, expected):
+    assert parse_timestamp(text) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("text", [None, "", "not a date", "2012-13-45T99:99:99", "yesterday"])
+def test_parse_timestamp_unreadable_is_zero(text):
+    assert parse_timestamp(text) == 0.0
