@@ -104,7 +104,9 @@ class DiskCache:
             return None
         try:
             raw = path.read_bytes()
-        except FileNotFoundError:
+        except OSError as exc:  # gone, or unreadable: a miss either way, fetched again
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("cache: cannot read block %s: %s", path.name, exc)
             self._forget(key)
             return None
         data = raw[self.HEADER.size :]
@@ -141,7 +143,7 @@ class DiskCache:
             return
         self._evict(size)
         path.parent.mkdir(exist_ok=True)
-        temporary = path.with_suffix(".tmp")
+        temporary = path.with_name(path.name + ".tmp")
         try:
             with open(temporary, "wb") as file:
                 file.write(self.HEADER.pack(self.MAGIC, obj.digest, index, len(data), zlib.crc32(data)))
@@ -249,6 +251,8 @@ class BlockCache:
         self.nursery.start_soon(self._fetch, obj, source, run[0], run[-1])
 
     async def get(self, obj: ObjectRef, source: Source, index: int) -> bytes:
+        if not 0 <= index < obj.block_count():
+            raise ValueError(f"block {index} is outside an object of {obj.block_count()} blocks")
         data = self.cached(obj, index)
         if data is not None:
             return data
@@ -276,6 +280,8 @@ class BlockCache:
                                 self._store(obj, index, bytes(buffer[:length]))
                                 del buffer[:length]
                                 index += 1
+                            if index > last:
+                                break  # a source that sends more than asked is not read further
                         if index <= last:
                             raise httpx.RemoteProtocolError("the body ended before the range did")
                     except (httpx.TransportError, httpx.StreamError) as exc:

@@ -21,6 +21,7 @@ Every error names the file, the table and the key. See docs/CONFIGURATION.md.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import stat
@@ -42,9 +43,13 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE
 
 def parse_size(text: str | int) -> int:
     """`"10G"`, `"512M"`, `"1.5GiB"` or a number of bytes."""
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise ValueError(f"not a size: {text!r} (use e.g. 512M, 10G)")
     if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"a size cannot be negative: {text}")
         return text
-    match = _SIZE.match(str(text))
+    match = _SIZE.match(text)
     if not match:
         raise ValueError(f"not a size: {text!r} (use e.g. 512M, 10G)")
     number, unit = match.groups()
@@ -116,7 +121,9 @@ def parse(data: dict, source: str) -> Config:
         for key in set(table) - allowed:
             raise ConfigError(f"{source}: [{table_name}] has an unknown key {key!r}")
     if "dir" in cache:
-        config.cache_dir = Path(str(cache["dir"])).expanduser()
+        if not isinstance(cache["dir"], str) or not cache["dir"]:
+            raise ConfigError(f"{source}: [cache] dir must be a path, not {cache['dir']!r}")
+        config.cache_dir = Path(cache["dir"]).expanduser()
     for key, attribute in (("size", "cache_size"), ("memory", "memory_cache_size")):
         if key in cache:
             try:
@@ -125,7 +132,7 @@ def parse(data: dict, source: str) -> Config:
                 raise ConfigError(f"{source}: [cache] {key}: {exc}") from None
     if "metadata_ttl" in mount:
         ttl = mount["metadata_ttl"]
-        if not isinstance(ttl, (int, float)) or ttl < 0:
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 <= ttl < math.inf:
             raise ConfigError(f"{source}: [mount] metadata_ttl must be a number of seconds, not {ttl!r}")
         config.metadata_ttl = float(ttl)
     return config
@@ -142,7 +149,7 @@ def _platform(source: str, name: str, table: object) -> PlatformConfig:
     where = f"{source}: [platforms.{name}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
-    if "/" in name or name in (".", ".."):
+    if not name or "/" in name or "\0" in name or name in (".", "..") or len(name.encode()) > 255:
         raise ConfigError(f"{where}: the name must be usable as a directory name")
     kind = table.get("kind")
     if not isinstance(kind, str):

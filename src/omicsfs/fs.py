@@ -189,7 +189,12 @@ class Filesystem(pyfuse3.Operations):
         children = await self.listing(parent)
         inode = children.get(text)
         if inode is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            # A negative entry: the kernel may remember the name is absent for as long as our
+            # listing says so, sparing tools that probe for optional files (.csi, .crai) a call each.
+            absent = pyfuse3.EntryAttributes()
+            absent.st_ino = 0
+            absent.entry_timeout = self.settings.metadata_ttl
+            return absent
         return self.attributes(self.nodes[inode])
 
     async def getattr(self, inode, ctx=None):

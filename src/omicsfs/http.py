@@ -174,14 +174,19 @@ class Http:
         async with self.stream("GET", url, what=what, headers=range_headers) as response:
             skip = 0
             if response.status_code == 200:
-                # The server ignored Range and sends the whole object: drop what precedes `start`.
+                # The server ignored Range and sends the whole object: keep only [start, end).
                 skip = start
+            remaining = end - start
             async for chunk in response.aiter_raw():
                 if skip:
                     dropped = min(skip, len(chunk))
                     chunk, skip = chunk[dropped:], skip - dropped
+                chunk = chunk[:remaining]
                 if chunk:
+                    remaining -= len(chunk)
                     yield chunk
+                if not remaining:
+                    return
 
 
 #: Resolves a file's key to (presigned URL, Unix time it expires or None when unknown).

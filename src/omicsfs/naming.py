@@ -42,8 +42,10 @@ def _split_extension(name: str) -> tuple[str, str]:
 
 def with_id(name: str, uid: str) -> str:
     stem, extension = _split_extension(name)
-    suffix = f" ({uid}){extension}"
-    return _truncate(stem, MAX_NAME_BYTES - len(suffix.encode())) + safe_name(suffix)
+    # The suffix is made safe before it is measured (a `/` in an id grows to 3 bytes), and kept
+    # to half the limit so that some of the name always remains.
+    suffix = _truncate(safe_name(f" ({uid}){extension}"), MAX_NAME_BYTES // 2)
+    return _truncate(stem, MAX_NAME_BYTES - len(suffix.encode())) + suffix
 
 
 def unique_names(items: Sequence[T], name_of, uid_of, reserved: Iterable[str] = ()) -> list[tuple[str, T]]:
@@ -51,12 +53,14 @@ def unique_names(items: Sequence[T], name_of, uid_of, reserved: Iterable[str] = 
     groups: dict[str, list[T]] = defaultdict(list)
     for item in items:
         groups[safe_name(name_of(item))].append(item)
-    taken = set(reserved)
-    named: list[tuple[str, T]] = []
-    for name, group in groups.items():
-        if len(group) == 1 and name not in taken:
-            named.append((name, group[0]))
-            taken.add(name)
+    reserved = set(reserved)
+    # Plain names first, so that a sibling whose real name looks like a generated one
+    # ("a (1)") keeps it whatever the listing order.
+    plain = {name: group[0] for name, group in groups.items() if len(group) == 1 and name not in reserved}
+    named: list[tuple[str, T]] = list(plain.items())
+    taken = reserved | plain.keys()
+    for name, group in sorted(groups.items()):
+        if name in plain:
             continue
         for item in sorted(group, key=uid_of):
             candidate = with_id(name, uid_of(item) or "?")
