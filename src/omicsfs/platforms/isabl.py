@@ -1,0 +1,313 @@
+"""Isabl, through its REST API v1 (Django REST Framework), read-only.
+
+```
+NAME/projects/<short_title>/individuals/<system_id>/samples/<system_id>/experiments/<system_id>/
+    analyses/<application>-<version>-<pk>/<result files>
+NAME/projects/<short_title>/analyses/<application>-<version>-<pk>/<result files>   (project-level)
+```
+
+Reference: the API reference (seed 004: operation ids and parameters, no paths); where it is
+silent, the public client papaemmelab/isabl_cli and the Isabl docs (isabl-io/docs). What they make
+us do:
+- `url` is the installation's root (`https://isabl.example.org`, `/api/v1/` is added) or its API
+  base ending in `/api/v1` (isabl_cli's `ISABL_API_URL`, which users already have).
+- Paths: isabl_cli (`api.py`) lists at `/{endpoint}` and reads `/rest-auth/user/`.
+- `Authorization: Token <key>` (isabl_cli `get_token_headers`; the key comes from the seed's
+  `rest-auth/login/`). The token is checked with `GET rest-auth/user/`, as isabl_cli does.
+- Lists: DRF `limit`/`offset` (seed) in `{"count", "next", "previous", "results"}`; the server
+  caps pages, so the next offset counts the items received. `next` only says whether there is
+  more: it is an absolute URL built by the server (behind a TLS proxy DRF may write `http://` or
+  an internal host), and the token goes to no host but `url`'s. `ordering=id` keeps pages stable.
+- Filters (the seed's list parameters; a bare relation compares by pk): individuals and samples by
+  `projects` (a related filter through their experiments), samples by `individual`, experiments by
+  `sample` and `projects`, an experiment's analyses by `targets` (isabl_cli `app.py` filters
+  analyses by `targets__pk__in`), a project's own analyses by `project_level_analysis` (isabl_cli
+  `test/utils.py`).
+- `results` maps keys to paths, strings (MD5s), numbers or any JSON (docs: "Writing
+  Applications"). A result is a file when it is an absolute path and the server can send it:
+  a `HEAD` of `analyses/{id}/download?result=KEY` (seed `analyses_download_read`) gives its size
+  from `Content-Length` (else a one-byte `stream` gives it in `Content-Range`); a result the
+  server refuses (400/404: a directory, a file never written) is not shown. The seed types
+  `results` as a string: a JSON text is parsed.
+- File names are the paths' basenames (`x.bam` next to `x.bam.bai`, so tools find indexes);
+  the core appends the result key to basenames that repeat within an analysis.
+- Content comes from the API itself, no presigned URLs: `analyses/{id}/stream?result=KEY&bytes=A-B`
+  (seed `analyses_stream_read`: `bytes` "Byte range to retrieve", taken as HTTP's inclusive
+  `first-last`). The answer may be 206 or 200, with or without `Content-Range`: see `_skip`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import trio
+
+from omicsfs.dates import parse_timestamp
+from omicsfs.errors import AccessDenied, NotFound, PlatformError
+from omicsfs.platform import Entry, Platform
+
+log = logging.getLogger(__name__)
+
+API = "api/v1/"
+#: isabl_cli `iterate` asks 5000 items a page; the server may send fewer.
+PAGE_LIMIT = 5000
+#: Result sizes probed at once when an analysis is listed.
+PROBE_CONCURRENCY = 8
+#: Statuses that say a result is not a file the API can send (a directory, a missing file).
+NOT_A_FILE = frozenset({400, 404})
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/")
+
+
+class Isabl(Platform):
+    kind = "isabl"
+
+    def __init__(self, name, settings, http):
+        super().__init__(name, settings, http)
+        url = settings["url"].rstrip("/") + "/"
+        self.api = url if url.endswith("/" + API) else url + API
+        self.headers = {"Authorization": f"Token {settings['token']}", "Accept": "application/json"}
+        # Content as stored: a compressed transfer would make lengths and ranges disagree.
+        self.content_headers = {**self.headers, "Accept": "*/*", "Accept-Encoding": "identity"}
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return self.api + path.lstrip("/")
+
+    async def _list(self, endpoint: str, *, what: str, **filters) -> list[dict]:
+        """Every item of a list, page by page."""
+        items: list[dict] = []
+        while True:
+            params = {**filters, "ordering": "id", "limit": PAGE_LIMIT, "offset": len(items)}
+            body = await self.http.get_json(self._url(endpoint), what=what, headers=self.headers, params=params)
+            if not isinstance(body, dict) or not isinstance(body.get("results"), list):
+                raise PlatformError(f"{what}: Isabl answered without a results list")
+            page = body["results"]
+            items.extend(page)
+            count = body.get("count")
+            if not page or not body.get("next") or (isinstance(count, int) and len(items) >= count):
+                break
+        # A filter across a many-to-many relation (`projects`) may repeat an object if the server's
+        # query lacks DISTINCT: each object once.
+        unique: dict = {}
+        for item in items:
+            unique.setdefault(item.get("pk", id(item)), item)
+        return list(unique.values())
+
+    async def check(self) -> None:
+        try:
+            user = await self.http.get_json(self._url("rest-auth/user/"), what=self.name, headers=self.headers)
+        except AccessDenied as exc:
+            raise AccessDenied(
+                f"{self.name}: Isabl at {self.api} rejected the API token (HTTP {exc.status}); "
+                f"check the token of [platforms.{self.name}]",
+                status=exc.status,
+            ) from None
+        except NotFound:
+            raise NotFound(
+                f"{self.name}: no Isabl API at {self.api} ({self.api}rest-auth/user/ answered 404); "
+                f"check the url of [platforms.{self.name}]",
+                status=404,
+            ) from None
+        if not isinstance(user, dict) or "username" not in user:
+            raise PlatformError(f"{self.name}: {self.api}rest-auth/user/ did not name a user: is `url` an Isabl API?")
+
+    # -- the tree --------------------------------------------------------------------------
+
+    def root(self) -> Entry:
+        return Entry(self.name, True, ("top",))
+
+    async def list_dir(self, entry: Entry) -> list[Entry]:
+        kind, *args = entry.key
+        if kind == "top":
+            return [Entry("projects", True, ("projects",))]
+        if kind == "projects":
+            projects = await self._list("projects", what=f"{self.name}/projects")
+            return [self._project(item) for item in projects]
+        if kind == "project":
+            (project,) = args
+            return [Entry("individuals", True, ("individuals", project)), Entry("analyses", True, ("project analyses", project))]
+        if kind == "individuals":
+            (project,) = args
+            items = await self._list("individuals", what=f"{self.name}: project {project} individuals", projects=project)
+            return [self._entity(item, ("individual", project, item["pk"])) for item in items]
+        if kind == "individual":
+            project, individual = args
+            return [Entry("samples", True, ("samples", project, individual))]
+        if kind == "samples":
+            project, individual = args
+            items = await self._list(
+                "samples", what=f"{self.name}: individual {individual} samples", individual=individual, projects=project
+            )
+            return [self._entity(item, ("sample", project, item["pk"])) for item in items]
+        if kind == "sample":
+            project, sample = args
+            return [Entry("experiments", True, ("experiments", project, sample))]
+        if kind == "experiments":
+            project, sample = args
+            items = await self._list("experiments", what=f"{self.name}: sample {sample} experiments", sample=sample, projects=project)
+            return [self._entity(item, ("experiment", item["pk"])) for item in items]
+        if kind == "experiment":
+            (experiment,) = args
+            return [Entry("analyses", True, ("experiment analyses", experiment))]
+        if kind in ("experiment analyses", "project analyses"):
+            (pk,) = args
+            field = "targets" if kind == "experiment analyses" else "project_level_analysis"
+            items = await self._list("analyses", what=f"{self.name}: {kind.split()[0]} {pk} analyses", **{field: pk})
+            return [self._analysis(item) for item in items]
+        if kind == "analysis":
+            return await self._result_files(entry)
+        raise PlatformError(f"{self.name}: no listing for {kind}")
+
+    def _entity(self, item: dict, key: tuple, name: str | None = None) -> Entry:
+        pk = str(item["pk"])
+        xattrs = {"id": pk}
+        for field in ("system_id", "storage_url", "status"):
+            if item.get(field):
+                xattrs[field] = str(item[field])
+        return Entry(
+            name or str(item.get("system_id") or item.get("identifier") or pk),
+            True,
+            key,
+            uid=pk,
+            mtime=parse_timestamp(item.get("modified") or item.get("created")),
+            info=item,
+            xattrs=xattrs,
+        )
+
+    def _project(self, item: dict) -> Entry:
+        # The seed makes `short_title` optional (nullable); `title` is then the best name.
+        name = item.get("short_title") or item.get("title") or str(item["pk"])
+        return self._entity(item, ("project", item["pk"]), name)
+
+    def _analysis(self, item: dict) -> Entry:
+        application = item.get("application") or {}
+        name = f"{application.get('name', 'analysis')}-{application.get('version', '')}-{item['pk']}"
+        return self._entity(item, ("analysis", item["pk"]), name)
+
+    # -- result files ----------------------------------------------------------------------
+
+    @staticmethod
+    def _results(analysis: dict) -> dict:
+        results = analysis.get("results") or {}
+        if isinstance(results, str):  # the seed types `results` as a string
+            try:
+                results = json.loads(results)
+            except ValueError:
+                return {}
+        return results if isinstance(results, dict) else {}
+
+    async def _result_files(self, entry: Entry) -> list[Entry]:
+        """The analysis's results that are files, each with its size asked of the server."""
+        (pk,) = entry.key[1:]
+        analysis = entry.info or await self.http.get_json(
+            self._url(f"analyses/{pk}"), what=f"{self.name}: analysis {pk}", headers=self.headers
+        )
+        candidates = {
+            key: value for key, value in self._results(analysis).items() if isinstance(value, str) and value.startswith("/")
+        }
+        sizes: dict[str, int | None] = {}
+        errors: list[PlatformError] = []
+        limiter = trio.CapacityLimiter(PROBE_CONCURRENCY)
+
+        async def probe(key: str) -> None:
+            async with limiter:
+                try:
+                    sizes[key] = await self._size(pk, key)
+                except PlatformError as exc:  # kept out of the nursery: the core expects a PlatformError,
+                    errors.append(exc)  # not the ExceptionGroup trio would raise
+
+        async with trio.open_nursery() as nursery:
+            for key in candidates:
+                nursery.start_soon(probe, key)
+        if errors:
+            raise errors[0]
+        mtime = parse_timestamp(analysis.get("finished") or analysis.get("modified"))
+        stamp = analysis.get("modified") or ""
+        return [
+            Entry(
+                posixpath.basename(path.rstrip("/")) or key,
+                False,
+                ("result", pk, key),
+                uid=key,  # tells same-named results apart; the version makes it unique across analyses
+                size=sizes[key],
+                mtime=mtime,
+                version=f"{pk}/{key}/{path}/{stamp}/{sizes[key]}",
+                xattrs={"result": key, "path": path, "analysis": str(pk)},
+            )
+            for key, path in sorted(candidates.items())
+            if sizes[key] is not None
+        ]
+
+    async def _size(self, pk: int, key: str) -> int | None:
+        """A result file's size, or None when the server says it is no file it can send."""
+        what = f"{self.name}: analysis {pk} result {key}"
+        try:
+            response = await self.http.request(
+                "HEAD", self._url(f"analyses/{pk}/download"), what=what, headers=self.content_headers, params={"result": key}
+            )
+            length = response.headers.get("content-length", "")
+            if length.isdigit() and "content-encoding" not in response.headers:
+                return int(length)
+            # No length (a streamed download): a one-byte range states the size in Content-Range
+            # (`bytes 0-0/SIZE`, or `bytes */0` with 416 for an empty file).
+            async with self.http.stream(
+                "GET", self._url(f"analyses/{pk}/stream"), what=what, headers=self.content_headers,
+                params={"result": key, "bytes": "0-0"}, ok=lambda status: status < 400 or status == 416,
+            ) as response:
+                total = response.headers.get("content-range", "").rpartition("/")[2]
+                if total.isdigit():
+                    return int(total)
+        except PlatformError as exc:
+            if isinstance(exc, AccessDenied) or exc.status not in NOT_A_FILE:
+                raise
+            log.debug("%s: not a file the API can send (%s)", what, exc)
+            return None
+        log.warning("%s: the server states no size; the result is not shown", what)
+        return None
+
+    # -- content ---------------------------------------------------------------------------
+
+    def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
+        _, pk, key = entry.key
+        return self._stream(pk, key, entry.size, start, end, what=what)
+
+    async def _stream(self, pk: int, key: str, size: int, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
+        params = {"result": key, "bytes": f"{start}-{end - 1}"}
+        async with self.http.stream(
+            "GET", self._url(f"analyses/{pk}/stream"), what=what, headers=self.content_headers, params=params
+        ) as response:
+            skip = self._skip(response, start, end, size, what)
+            remaining = end - start
+            async for chunk in response.aiter_bytes():
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                if chunk:
+                    chunk = chunk[:remaining]
+                    remaining -= len(chunk)
+                    yield chunk
+                if remaining <= 0:
+                    return
+
+    @staticmethod
+    def _skip(response: httpx.Response, start: int, end: int, size: int, what: str) -> int:
+        """Bytes to drop before `start`: the seed does not say whether `stream` answers 206."""
+        content_range = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+        if content_range:
+            first = int(content_range.group(1))
+            if first > start:
+                raise PlatformError(f"{what}: asked for bytes from {start}, the server sent from {first}")
+            return start - first
+        length = response.headers.get("content-length")
+        if response.status_code == 200 and length is not None and length.isdigit() and int(length) == size != end - start:
+            return start  # the whole file: the range was ignored
+        return 0
+
+
+PLATFORM = Isabl
