@@ -132,7 +132,11 @@ async def test_refused_download_url_is_resolved_again(fresh_emulator, monkeypatc
         entry = await bam()  # the size probe meets a 403 and resolves a fresh URL
         assert entry.size == len(content)
         assert fresh_emulator.stats()["api_requests"] - before == 1 + 1  # results, one fresh URL (the BAM's)
-        assert await read(entry, 1000, 300_000) == content[1000:300_000]  # 403 mid-file, then a fresh URL
+        assert await read(entry, 1000, 300_000) == content[1000:300_000]
+        # The fresh URL the size probe resolved serves the read: no further resolution.
+        assert fresh_emulator.stats()["api_requests"] - before == 1 + 1
+        await trio.sleep(3)  # and once it has expired too, a read meets the 403 and resolves again
+        assert await read(entry, 300_000, 400_000) == content[300_000:400_000]
         assert fresh_emulator.stats()["api_requests"] - before == 1 + 1 + 1
     assert unknown_sizes >= 2
 

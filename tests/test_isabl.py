@@ -196,10 +196,10 @@ def test_503_storm_in_the_middle_of_a_read_is_ridden_out(mount, fresh_emulator, 
 
 def test_stream_answers_are_read_whatever_status_the_server_uses():
     # The seed does not say whether `stream` answers 206 with Content-Range: every answer works.
-    from omicsfs.platforms.isabl import Isabl
+    from omicsfs.http import _body_offset
 
     def skip(status: int, headers: dict) -> int:
-        return Isabl._skip(httpx.Response(status, headers=headers), 100, 200, 1000, "test")
+        return 100 - _body_offset(httpx.Response(status, headers=headers), 100, 200, by_header=False)
 
     assert skip(206, {"Content-Range": "bytes 100-199/1000", "Content-Length": "100"}) == 0
     assert skip(200, {"Content-Range": "bytes 100-199/1000"}) == 0

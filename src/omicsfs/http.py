@@ -12,6 +12,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -167,15 +168,28 @@ class Http:
             raise PlatformError(f"{what}: GET {redact_url(url)} answered with a body that is not JSON") from exc
 
     async def read_range(
-        self, url: str, start: int, end: int, *, what: str, headers: dict[str, str] | None = None
+        self,
+        url: str,
+        start: int,
+        end: int,
+        *,
+        what: str,
+        headers: dict[str, str] | None = None,
+        params: dict | None = None,
+        range_param: str | None = None,
     ) -> AsyncIterator[bytes]:
-        """Yield the bytes [start, end) of `url` with one ranged GET, as they arrive."""
-        range_headers = {**(headers or {}), "Range": f"bytes={start}-{end - 1}"}
-        async with self.stream("GET", url, what=what, headers=range_headers) as response:
-            skip = 0
-            if response.status_code == 200:
-                # The server ignored Range and sends the whole object: keep only [start, end).
-                skip = start
+        """Yield the bytes [start, end) of `url` with one ranged GET, as they arrive.
+
+        The range goes in a `Range` header, or in the query parameter `range_param` for APIs that
+        take it there (Isabl's `bytes=first-last`). Whatever the answer's status, where its body
+        starts is read from `Content-Range`; a 200 without one is the whole object, unless its
+        length is exactly the range asked for.
+        """
+        headers, params = self._range_request(start, end, headers, params, range_param)
+        async with self.stream("GET", url, what=what, headers=headers, params=params) as response:
+            skip = start - _body_offset(response, start, end, by_header=range_param is None)
+            if skip < 0:
+                raise PlatformError(f"{what}: asked for bytes from {start}, the server sent from {start - skip}")
             remaining = end - start
             async for chunk in response.aiter_raw():
                 if skip:
@@ -187,6 +201,51 @@ class Http:
                     yield chunk
                 if not remaining:
                     return
+
+    async def object_size(
+        self, url: str, *, what: str, headers: dict[str, str] | None = None, params: dict | None = None,
+        range_param: str | None = None,
+    ) -> int:
+        """An object's size from a one-byte ranged GET (`Content-Range: bytes 0-0/N`, or 416 `*/0`).
+
+        Not a HEAD: a URL presigned for GET refuses HEAD on S3.
+        """
+        headers, params = self._range_request(0, 1, headers, params, range_param)
+        async with self.stream(
+            "GET", url, what=what, headers=headers, params=params, ok=lambda status: status < 400 or status == 416
+        ) as response:
+            total = response.headers.get("content-range", "").rpartition("/")[2].strip()
+            if total.isdigit():
+                return int(total)
+            length = response.headers.get("content-length", "")
+            if response.status_code == 200 and length.isdigit():
+                return int(length)
+        raise PlatformError(f"{what}: the server answered {response.status_code} without telling the size")
+
+    @staticmethod
+    def _range_request(start, end, headers, params, range_param) -> tuple[dict, dict | None]:
+        if range_param:
+            return dict(headers or {}), {**(params or {}), range_param: f"{start}-{end - 1}"}
+        return {**(headers or {}), "Range": f"bytes={start}-{end - 1}"}, params
+
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$")
+
+
+def _body_offset(response: httpx.Response, start: int, end: int, *, by_header: bool = True) -> int:
+    """Where in the object the body of an answer to a ranged request starts."""
+    content_range = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    if content_range:
+        return int(content_range.group(1))
+    if response.status_code == 206:
+        return start
+    length = response.headers.get("content-length", "")
+    if length.isdigit():
+        # Exactly the range's length: honoured without saying so; anything else: the whole object.
+        return start if int(length) == end - start else 0
+    # No length: a server that honours a Range header answers 206 (RFC 9110), so a 200 ignored
+    # it; an API taking the range as a parameter (Isabl's `stream`) answers with the range.
+    return 0 if by_header else start
 
 
 #: Resolves a file's key to (presigned URL, Unix time it expires or None when unknown).
@@ -218,6 +277,17 @@ class PresignedURLs:
         self._urls[key] = (url, expires)
         return url
 
+    def forget(self, key: Hashable) -> None:
+        self._urls.pop(key, None)
+
+    async def size(self, key: Hashable, *, what: str) -> int:
+        """The object's size, asked of the store (for platforms whose listings may omit it)."""
+        try:
+            return await self.http.object_size(await self.url(key), what=what)
+        except AccessDenied:  # refused before its stated expiry: once more with a fresh URL
+            self.forget(key)
+        return await self.http.object_size(await self.url(key), what=what)
+
     async def read_range(self, key: Hashable, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
         for attempt in range(2):
             url = await self.url(key)
@@ -227,7 +297,7 @@ class PresignedURLs:
                     yield chunk
                 return
             except AccessDenied:
-                self._urls.pop(key, None)
+                self.forget(key)
                 if attempt:
                     raise
                 log.info("%s: the store refused the download URL (403), resolving a new one", what)

@@ -81,7 +81,7 @@ async def check_credentials(platforms: dict[str, Platform]) -> None:
 
     async def check(platform: Platform) -> None:
         try:
-            await platform.check()
+            await platform.verify()
         except PlatformError as exc:
             failures.append(str(exc))
 

@@ -8,11 +8,48 @@ handed out. The core owns inodes, naming, caching and FUSE; a platform owns its 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
+import trio
+
+from omicsfs.errors import AccessDenied, NotFound, PlatformError
 from omicsfs.http import Http
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+#: Requests a platform sends at once for one listing (details of each run, sizes of each file).
+CONCURRENCY = 8
+
+
+async def gather(function: Callable[[A], Awaitable[R]], arguments: Iterable[A], limit: int = CONCURRENCY) -> list[R]:
+    """`function` over every argument, at most `limit` at once; the results in argument order.
+
+    The first `PlatformError` cancels the rest and is raised as it is: the core maps it to an
+    errno, where the `ExceptionGroup` a trio nursery would raise means nothing.
+    """
+    arguments = list(arguments)
+    results: list = [None] * len(arguments)
+    failures: list[PlatformError] = []
+    limiter = trio.CapacityLimiter(limit)
+
+    async with trio.open_nursery() as nursery:
+
+        async def run(index: int, argument: A) -> None:
+            async with limiter:
+                try:
+                    results[index] = await function(argument)
+                except PlatformError as exc:
+                    failures.append(exc)
+                    nursery.cancel_scope.cancel()
+
+        for index, argument in enumerate(arguments):
+            nursery.start_soon(run, index, argument)
+    if failures:
+        raise failures[0]
+    return results
 
 
 @dataclass(eq=False)
@@ -59,6 +96,9 @@ class Platform(abc.ABC):
     required_settings: ClassVar[dict[str, type]] = {"url": str}
     optional_settings: ClassVar[dict[str, type]] = {}
     needs_token: ClassVar[bool] = True
+    #: How the platform's users name it and its token, for the messages of a failed mount.
+    title: ClassVar[str] = ""
+    token_name: ClassVar[str] = "token"
 
     def __init__(self, name: str, settings: dict, http: Http):
         """`settings` is the platform's table from the config, with `token` resolved."""
@@ -68,7 +108,25 @@ class Platform(abc.ABC):
 
     @abc.abstractmethod
     async def check(self) -> None:
-        """Verify the credentials with one cheap request; raise `AccessDenied` with a clear message."""
+        """Verify the credentials with one cheap request (`verify` words the failures)."""
+
+    async def verify(self) -> None:
+        """`check`, with a refused token or a wrong URL told the way a user can act on."""
+        where = f"[platforms.{self.name}]"
+        try:
+            await self.check()
+        except AccessDenied as exc:
+            raise AccessDenied(
+                f"{self.name}: {self.title} at {self.settings['url']} rejected the {self.token_name} "
+                f"(HTTP {exc.status}){self.token_hint()}; check the token of {where}",
+                status=exc.status,
+            ) from None
+        except NotFound as exc:
+            raise NotFound(f"{self.name}: no {self.title} API at {self.settings['url']} ({exc}); check the url of {where}") from None
+
+    def token_hint(self) -> str:
+        """More on why a token may have been refused (an expiry the token states), or ""."""
+        return ""
 
     @abc.abstractmethod
     def root(self) -> Entry:

@@ -34,12 +34,10 @@ import email.utils
 from collections.abc import AsyncIterator
 from urllib.parse import urljoin
 
-import trio
-
 from omicsfs.dates import parse_timestamp
-from omicsfs.errors import AccessDenied, PlatformError
+from omicsfs.errors import PlatformError
 from omicsfs.http import PresignedURLs
-from omicsfs.platform import Entry, Platform, SpaceUsage
+from omicsfs.platform import Entry, Platform, SpaceUsage, gather
 
 API = "v1pre3/"
 API_V2 = "v2/"
@@ -47,8 +45,6 @@ API_V2 = "v2/"
 PAGE_LIMIT = 1024
 FILE_PAGE_LIMIT = 1000
 _UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
-#: Run details fetched at once when listing runs (each run list item lacks its name).
-DETAIL_CONCURRENCY = 8
 
 
 def _expiry(text: str | None) -> float | None:
@@ -63,6 +59,8 @@ def _expiry(text: str | None) -> float | None:
 
 class BaseSpace(Platform):
     kind = "basespace"
+    title = "BaseSpace"
+    token_name = "access token"
 
     def __init__(self, name, settings, http):
         super().__init__(name, settings, http)
@@ -119,14 +117,7 @@ class BaseSpace(Platform):
                 return items, subdirectories
 
     async def check(self) -> None:
-        try:
-            await self._response("users/current", what=self.name)
-        except AccessDenied as exc:
-            raise AccessDenied(
-                f"{self.name}: BaseSpace at {self.host} rejected the access token "
-                f"(HTTP {exc.status}); check the token of [platforms.{self.name}]",
-                status=exc.status,
-            ) from None
+        await self._response("users/current", what=self.name)
 
     # -- the tree --------------------------------------------------------------------------
 
@@ -200,22 +191,15 @@ class BaseSpace(Platform):
 
     async def _runs(self) -> list[Entry]:
         items = await self._items("users/current/runs", what=f"{self.name}/Runs")
-        details: dict[str, dict] = {}
-        limiter = trio.CapacityLimiter(DETAIL_CONCURRENCY)
 
-        async def fetch(item: dict) -> None:
-            async with limiter:
-                href = item.get("Href") or f"runs/{item['Id']}"
-                details[item["Id"]] = await self._response(href, what=f"{self.name}/Runs: run {item['Id']}")
+        async def detail(item: dict) -> dict:
+            href = item.get("Href") or f"runs/{item['Id']}"
+            return await self._response(href, what=f"{self.name}/Runs: run {item['Id']}")
 
-        async with trio.open_nursery() as nursery:
-            for item in items:
-                nursery.start_soon(fetch, item)
         entries = []
-        for item in items:
-            detail = details[item["Id"]]
-            name = detail.get("Name") or detail.get("ExperimentName") or item["Id"]
-            entries.append(self._entity(detail, ("run", item["Id"]), name))
+        for item, run in zip(items, await gather(detail, items)):
+            name = run.get("Name") or run.get("ExperimentName") or item["Id"]
+            entries.append(self._entity(run, ("run", item["Id"]), name))
         return entries
 
     def _folder(self, container: str, entity_id: str, prefix: str, files: list[dict]) -> list[Entry]:

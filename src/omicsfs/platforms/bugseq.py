@@ -46,12 +46,11 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl, quote, urljoin, urlsplit
 
-import trio
 
 from omicsfs.dates import parse_timestamp
 from omicsfs.errors import AccessDenied, NotFound, PlatformError
 from omicsfs.http import PresignedURLs
-from omicsfs.platform import Entry, Platform
+from omicsfs.platform import Entry, Platform, gather
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,6 @@ API = "/v1/"
 #: Jobs asked per page; the seed's default, used when a server refuses more.
 PAGE_LIMIT = 100
 DEFAULT_LIMIT = 20
-#: Null sizes resolved at once when listing a job.
-PROBE_CONCURRENCY = 8
 
 
 def url_expiry(url: str) -> float | None:
@@ -98,6 +95,7 @@ def jwt_expiry(token: str) -> float | None:
 
 class BugSeq(Platform):
     kind = "bugseq"
+    title = "BugSeq"
 
     def __init__(self, name, settings, http):
         super().__init__(name, settings, http)
@@ -115,23 +113,7 @@ class BugSeq(Platform):
         return body
 
     async def check(self) -> None:
-        table = f"[platforms.{self.name}]"
-        try:
-            await self._get("users/me", what=self.name)
-        except AccessDenied as exc:
-            expires = jwt_expiry(self.settings["token"])
-            why = f"; the token expired at {_utc(expires)}" if expires and expires < time.time() else ""
-            raise AccessDenied(
-                f"{self.name}: BugSeq at {self.host} rejected the token (HTTP {exc.status}){why}; "
-                f"check the token of {table} (a BugSeq API bearer token)",
-                status=exc.status,
-            ) from None
-        except NotFound:
-            raise NotFound(
-                f"{self.name}: no BugSeq API at {self.host} (GET {API}users/me answered 404); "
-                f"the url of {table} must be the API host root, e.g. https://api.bugseq.com",
-                status=404,
-            ) from None
+        await self._get("users/me", what=self.name)
         expires = jwt_expiry(self.settings["token"])
         if expires:
             log.info("%s: the BugSeq token expires at %s; requests are refused after that", self.name, _utc(expires))
@@ -275,48 +257,22 @@ class BugSeq(Platform):
                 sizes[item["filename"]] = size
             else:
                 unknown.append(item["filename"])
-        failures: list[PlatformError] = []
-        limiter = trio.CapacityLimiter(PROBE_CONCURRENCY)
 
-        async def probe(filename: str) -> None:
-            async with limiter:
-                try:
-                    sizes[filename] = await self._probe_size((job_id, filename))
-                except NotFound as exc:
-                    log.warning("%s: not shown: %s", self.name, exc)
-                except PlatformError as exc:
-                    failures.append(exc)
+        async def probe(filename: str) -> int | None:
+            try:
+                return await self.urls.size((job_id, filename), what=f"{self.name}: job {job_id} output {filename} size")
+            except NotFound as exc:
+                log.warning("%s: not shown: %s", self.name, exc)
+                return None
 
-        async with trio.open_nursery() as nursery:
-            for filename in unknown:
-                nursery.start_soon(probe, filename)
-        if failures:
-            raise failures[0]
+        for filename, size in zip(unknown, await gather(probe, unknown)):
+            if size is not None:
+                sizes[filename] = size
         return sizes
 
-    async def _probe_size(self, key: tuple[str, str]) -> int:
-        what = f"{self.name}: job {key[0]} output {key[1]} size"
-        try:
-            return await self._total_size(await self.urls.url(key), what)
-        except AccessDenied:
-            # Refused before its time (or it states none): a fresh URL. Reads re-resolve on their own.
-            url, _ = await self._resolve_download(key)
-            return await self._total_size(url, what)
-
-    async def _total_size(self, url: str, what: str) -> int:
-        """The object's size, from a one-byte ranged GET: `Content-Range: bytes 0-0/N` (or `*/0` with 416 when empty)."""
-        async with self.http.stream(
-            "GET", url, what=what, headers={"Range": "bytes=0-0"}, ok=lambda status: status < 400 or status == 416
-        ) as response:
-            if response.status_code in (206, 416):
-                total = response.headers.get("content-range", "").rpartition("/")[2].strip()
-                if total.isdigit():
-                    return int(total)
-            elif response.status_code == 200:
-                length = response.headers.get("content-length", "")
-                if length.isdigit():
-                    return int(length)
-        raise PlatformError(f"{what}: the store answered {response.status_code} without telling the size")
+    def token_hint(self) -> str:
+        expires = jwt_expiry(self.settings["token"])
+        return f"; the token expired at {_utc(expires)}" if expires and expires < time.time() else ""
 
     # -- content ---------------------------------------------------------------------------
 

@@ -25,15 +25,15 @@ us do:
   `test/utils.py`).
 - `results` maps keys to paths, strings (MD5s), numbers or any JSON (docs: "Writing
   Applications"). A result is a file when it is an absolute path and the server can send it:
-  a `HEAD` of `analyses/{id}/download?result=KEY` (seed `analyses_download_read`) gives its size
-  from `Content-Length` (else a one-byte `stream` gives it in `Content-Range`); a result the
+  a one-byte `stream` gives its size in `Content-Range` (`Http.object_size`); a result the
   server refuses (400/404: a directory, a file never written) is not shown. The seed types
   `results` as a string: a JSON text is parsed.
 - File names are the paths' basenames (`x.bam` next to `x.bam.bai`, so tools find indexes);
   the core appends the result key to basenames that repeat within an analysis.
 - Content comes from the API itself, no presigned URLs: `analyses/{id}/stream?result=KEY&bytes=A-B`
   (seed `analyses_stream_read`: `bytes` "Byte range to retrieve", taken as HTTP's inclusive
-  `first-last`). The answer may be 206 or 200, with or without `Content-Range`: see `_skip`.
+  `first-last`). The answer may be 206 or 200, with or without `Content-Range`: `Http.read_range`
+  reads where the body starts from what the answer says.
 """
 
 from __future__ import annotations
@@ -41,30 +41,26 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-import re
 from collections.abc import AsyncIterator
 
-import httpx
-import trio
 
 from omicsfs.dates import parse_timestamp
-from omicsfs.errors import AccessDenied, NotFound, PlatformError
-from omicsfs.platform import Entry, Platform
+from omicsfs.errors import AccessDenied, PlatformError
+from omicsfs.platform import Entry, Platform, gather
 
 log = logging.getLogger(__name__)
 
 API = "api/v1/"
 #: isabl_cli `iterate` asks 5000 items a page; the server may send fewer.
 PAGE_LIMIT = 5000
-#: Result sizes probed at once when an analysis is listed.
-PROBE_CONCURRENCY = 8
 #: Statuses that say a result is not a file the API can send (a directory, a missing file).
 NOT_A_FILE = frozenset({400, 404})
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/")
 
 
 class Isabl(Platform):
     kind = "isabl"
+    title = "Isabl"
+    token_name = "API token"
 
     def __init__(self, name, settings, http):
         super().__init__(name, settings, http)
@@ -100,20 +96,7 @@ class Isabl(Platform):
         return list(unique.values())
 
     async def check(self) -> None:
-        try:
-            user = await self.http.get_json(self._url("rest-auth/user/"), what=self.name, headers=self.headers)
-        except AccessDenied as exc:
-            raise AccessDenied(
-                f"{self.name}: Isabl at {self.api} rejected the API token (HTTP {exc.status}); "
-                f"check the token of [platforms.{self.name}]",
-                status=exc.status,
-            ) from None
-        except NotFound:
-            raise NotFound(
-                f"{self.name}: no Isabl API at {self.api} ({self.api}rest-auth/user/ answered 404); "
-                f"check the url of [platforms.{self.name}]",
-                status=404,
-            ) from None
+        user = await self.http.get_json(self._url("rest-auth/user/"), what=self.name, headers=self.headers)
         if not isinstance(user, dict) or "username" not in user:
             raise PlatformError(f"{self.name}: {self.api}rest-auth/user/ did not name a user: is `url` an Isabl API?")
 
@@ -211,22 +194,7 @@ class Isabl(Platform):
         candidates = {
             key: value for key, value in self._results(analysis).items() if isinstance(value, str) and value.startswith("/")
         }
-        sizes: dict[str, int | None] = {}
-        errors: list[PlatformError] = []
-        limiter = trio.CapacityLimiter(PROBE_CONCURRENCY)
-
-        async def probe(key: str) -> None:
-            async with limiter:
-                try:
-                    sizes[key] = await self._size(pk, key)
-                except PlatformError as exc:  # kept out of the nursery: the core expects a PlatformError,
-                    errors.append(exc)  # not the ExceptionGroup trio would raise
-
-        async with trio.open_nursery() as nursery:
-            for key in candidates:
-                nursery.start_soon(probe, key)
-        if errors:
-            raise errors[0]
+        sizes = dict(zip(candidates, await gather(lambda key: self._size(pk, key), candidates)))
         mtime = parse_timestamp(analysis.get("finished") or analysis.get("modified"))
         stamp = analysis.get("modified") or ""
         return [
@@ -248,66 +216,24 @@ class Isabl(Platform):
         """A result file's size, or None when the server says it is no file it can send."""
         what = f"{self.name}: analysis {pk} result {key}"
         try:
-            response = await self.http.request(
-                "HEAD", self._url(f"analyses/{pk}/download"), what=what, headers=self.content_headers, params={"result": key}
+            return await self.http.object_size(
+                self._url(f"analyses/{pk}/stream"), what=what, headers=self.content_headers,
+                params={"result": key}, range_param="bytes",
             )
-            length = response.headers.get("content-length", "")
-            if length.isdigit() and "content-encoding" not in response.headers:
-                return int(length)
-            # No length (a streamed download): a one-byte range states the size in Content-Range
-            # (`bytes 0-0/SIZE`, or `bytes */0` with 416 for an empty file).
-            async with self.http.stream(
-                "GET", self._url(f"analyses/{pk}/stream"), what=what, headers=self.content_headers,
-                params={"result": key, "bytes": "0-0"}, ok=lambda status: status < 400 or status == 416,
-            ) as response:
-                total = response.headers.get("content-range", "").rpartition("/")[2]
-                if total.isdigit():
-                    return int(total)
         except PlatformError as exc:
             if isinstance(exc, AccessDenied) or exc.status not in NOT_A_FILE:
                 raise
             log.debug("%s: not a file the API can send (%s)", what, exc)
             return None
-        log.warning("%s: the server states no size; the result is not shown", what)
-        return None
 
     # -- content ---------------------------------------------------------------------------
 
     def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
         _, pk, key = entry.key
-        return self._stream(pk, key, entry.size, start, end, what=what)
-
-    async def _stream(self, pk: int, key: str, size: int, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
-        params = {"result": key, "bytes": f"{start}-{end - 1}"}
-        async with self.http.stream(
-            "GET", self._url(f"analyses/{pk}/stream"), what=what, headers=self.content_headers, params=params
-        ) as response:
-            skip = self._skip(response, start, end, size, what)
-            remaining = end - start
-            async for chunk in response.aiter_bytes():
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk, skip = chunk[dropped:], skip - dropped
-                if chunk:
-                    chunk = chunk[:remaining]
-                    remaining -= len(chunk)
-                    yield chunk
-                if remaining <= 0:
-                    return
-
-    @staticmethod
-    def _skip(response: httpx.Response, start: int, end: int, size: int, what: str) -> int:
-        """Bytes to drop before `start`: the seed does not say whether `stream` answers 206."""
-        content_range = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
-        if content_range:
-            first = int(content_range.group(1))
-            if first > start:
-                raise PlatformError(f"{what}: asked for bytes from {start}, the server sent from {first}")
-            return start - first
-        length = response.headers.get("content-length")
-        if response.status_code == 200 and length is not None and length.isdigit() and int(length) == size != end - start:
-            return start  # the whole file: the range was ignored
-        return 0
+        return self.http.read_range(
+            self._url(f"analyses/{pk}/stream"), start, end, what=what, headers=self.content_headers,
+            params={"result": key}, range_param="bytes",
+        )
 
 
 PLATFORM = Isabl
