@@ -15,7 +15,7 @@ import pytest
 from omicsfs.emulator import sampledata
 from omicsfs.emulator.basespace import rate_limit_failure
 from omicsfs.mount import is_mounted
-from tests.conftest import platform_table, run_omicsfs, toml_config
+from tests.conftest import md5sums, platform_table, run_omicsfs, toml_config
 
 WGS = "Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files"
 ARCHIVE = "Projects/Tumor-Normal WGS/AppResults/Archive/Files/Archive/reportarchive.bin"
@@ -41,17 +41,6 @@ def mounted_files(root: Path) -> dict[str, list[Path]]:
             path = Path(directory, name)
             files.setdefault(os.getxattr(path, "user.omicsfs.id").decode(), []).append(path)
     return files
-
-
-def md5sums(paths: list[Path]) -> dict[Path, str]:
-    """md5sum, the real tool, over many files."""
-    sums = {}
-    for start in range(0, len(paths), 200):
-        batch = paths[start : start + 200]
-        output = subprocess.run(["md5sum", "--", *map(str, batch)], capture_output=True, text=True, check=True).stdout
-        for path, line in zip(batch, output.splitlines()):
-            sums[path] = line.split()[0]
-    return sums
 
 
 def tool(*command: str) -> str:

@@ -329,6 +329,7 @@ async def test_blocks_come_back_from_disk(tmp_path, nursery):
     for index in range(3):
         await first.get(obj, source, index)
     assert len(source.calls) == 1
+    await first.flush()  # disk writes happen behind the reads
     # A new BlockCache (a new mount) on the same directory: empty memory, full disk.
     second = new_cache(tmp_path, nursery, disk_cache=DiskCache(tmp_path, 64 * ON_DISK))
     assert second.cached(obj, 1) == block_of(data, 1)
@@ -457,6 +458,7 @@ async def test_torn_disk_block_is_fetched_again(tmp_path, nursery, caplog, corru
     first.prefetch(obj, source, 0, 2)
     await first.get(obj, source, 2)
     assert len(source.calls) == 1
+    await first.flush()
     path = first.disk._path(obj, 1)
     corrupt(path, obj, block_of(data, 1))
 
@@ -468,6 +470,7 @@ async def test_torn_disk_block_is_fetched_again(tmp_path, nursery, caplog, corru
     assert any("torn or corrupt" in r.getMessage() for r in caplog.records)
     assert source.calls[1:] == [(BLOCK_SIZE, 2 * BLOCK_SIZE)]
     # The block on disk is whole again.
+    await second.flush()
     assert DiskCache(tmp_path, 64 * ON_DISK).get(obj, 1) == block_of(data, 1)
 
 
@@ -477,6 +480,7 @@ async def test_prefetch_over_a_torn_block_still_serves_good_bytes(tmp_path, nurs
     first = new_cache(tmp_path, nursery)
     first.prefetch(obj, source, 0, 2)
     await first.get(obj, source, 2)
+    await first.flush()
     _flip_data_byte(first.disk._path(obj, 1), obj, block_of(data, 1))
     second = new_cache(tmp_path, nursery, disk_cache=DiskCache(tmp_path, 64 * ON_DISK))
     second.prefetch(obj, source, 0, 2)
@@ -533,6 +537,7 @@ async def test_stream_broken_mid_body_is_resumed(tmp_path, nursery, caplog):
     assert cache.stats.requests == 2
     assert any("resuming" in r.getMessage() for r in caplog.records)
     # What is on disk is right too.
+    await cache.flush()
     fresh = DiskCache(tmp_path, 64 * ON_DISK)
     assert b"".join(fresh.get(obj, i) for i in range(5)) == data
 

@@ -16,7 +16,7 @@ from omicsfs.dates import parse_timestamp
 from omicsfs.emulator import sevenbridges as sbg
 from omicsfs.mount import is_mounted
 from omicsfs.naming import with_id
-from tests.conftest import platform_table, run_omicsfs, toml_config
+from tests.conftest import md5sums, platform_table, run_omicsfs, toml_config
 
 pytestmark = pytest.mark.mount
 
@@ -58,17 +58,6 @@ def task_dir(mounted, account: dict) -> Path:
 
 def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def md5sums(paths: list[Path]) -> dict[Path, str]:
-    """md5sum, the real tool, over many files."""
-    sums = {}
-    for start in range(0, len(paths), 200):
-        batch = paths[start : start + 200]
-        output = subprocess.run(["md5sum", "--", *map(str, batch)], capture_output=True, text=True, check=True).stdout
-        for path, line in zip(batch, output.splitlines()):
-            sums[path] = line.split()[0]
-    return sums
 
 
 def mounted_files(root: Path) -> list[tuple[str, Path]]:

@@ -15,6 +15,7 @@ again, never served. Its LRU order is the files' mtimes, so it survives remounts
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import struct
@@ -72,6 +73,7 @@ class DiskCache:
         self.capacity = capacity
         self.used = 0
         self._sizes: OrderedDict[str, int] = OrderedDict()  # path -> bytes on disk, oldest first
+        self._temporary_names = itertools.count()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -86,10 +88,9 @@ class DiskCache:
             except FileNotFoundError:
                 continue
             found.append((stat.st_mtime_ns, str(path), stat.st_size))
-        for _, path, size in sorted(found):
-            self._sizes[path] = size
-            self.used += size
-        self._evict(0)
+        self._commit([(path, size) for _, path, size in sorted(found)])
+        victims, _ = self._plan([])  # a cache made smaller since: the oldest go
+        self._write_blocks(victims, [])
 
     def _path(self, obj: ObjectRef, index: int) -> Path:
         return self.directory / obj.hex[:2] / f"{obj.hex}.{index}"
@@ -97,21 +98,43 @@ class DiskCache:
     def __contains__(self, item: tuple[ObjectRef, int]) -> bool:
         return str(self._path(*item)) in self._sizes
 
+    # The index (`_sizes`, `used`) is only touched on the caller's thread; `_write_blocks` only
+    # touches files, so `BlockCache` runs it in a worker thread. Reads stay on the event loop:
+    # a block is read and checked in about 0.1 ms, less than a thread hand-off costs.
+
     def get(self, obj: ObjectRef, index: int) -> bytes | None:
-        path = self._path(obj, index)
-        key = str(path)
-        if key not in self._sizes:
+        if (obj, index) not in self:
             return None
+        return self._loaded(obj, index, self._load_block(obj, index))
+
+    def put(self, obj: ObjectRef, index: int, data: bytes) -> None:
+        self._commit(self._write_blocks(*self._plan([(obj, index, data)])))
+
+    async def put_async(self, blocks: list[tuple[ObjectRef, int, bytes]]) -> None:
+        """`put` of many blocks, with the files written (and evicted ones deleted) in a worker thread."""
+        self._commit(await trio.to_thread.run_sync(self._write_blocks, *self._plan(blocks)))
+
+    def _loaded(self, obj: ObjectRef, index: int, data: bytes | None) -> bytes | None:
+        key = str(self._path(obj, index))
+        if data is None:
+            self._forget(key)
+        elif key in self._sizes:
+            self._sizes.move_to_end(key)
+        return data
+
+    def _load_block(self, obj: ObjectRef, index: int) -> bytes | None:
+        """The block's data if its file is whole and its own; else None (and a bad file is deleted)."""
+        path = self._path(obj, index)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as file:
+                header = file.read(self.HEADER.size)
+                data = file.read()
         except OSError as exc:  # gone, or unreadable: a miss either way, fetched again
             if not isinstance(exc, FileNotFoundError):
                 log.warning("cache: cannot read block %s: %s", path.name, exc)
-            self._forget(key)
             return None
-        data = raw[self.HEADER.size :]
         try:
-            magic, digest, stored_index, length, crc = self.HEADER.unpack_from(raw)
+            magic, digest, stored_index, length, crc = self.HEADER.unpack(header)
         except struct.error:
             magic = None
         if (
@@ -124,46 +147,65 @@ class DiskCache:
         ):
             log.warning("cache: discarding torn or corrupt block %s", path.name)
             path.unlink(missing_ok=True)
-            self._forget(key)
             return None
-        self._sizes.move_to_end(key)
         try:
-            os.utime(path)
+            os.utime(path)  # the LRU order a remount finds
         except OSError:
             pass
         return data
 
-    def put(self, obj: ObjectRef, index: int, data: bytes) -> None:
-        size = self.HEADER.size + len(data)
-        if size > self.capacity:
-            return
-        path = self._path(obj, index)
-        key = str(path)
-        if key in self._sizes:
-            return
-        self._evict(size)
-        path.parent.mkdir(exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        try:
-            with open(temporary, "wb") as file:
-                file.write(self.HEADER.pack(self.MAGIC, obj.digest, index, len(data), zlib.crc32(data)))
-                file.write(data)
-            os.replace(temporary, path)
-        except OSError as exc:
-            log.warning("cache: cannot write block %s: %s", path.name, exc)
-            temporary.unlink(missing_ok=True)
-            return
-        self._sizes[key] = size
-        self.used += size
-
-    def _forget(self, key: str) -> None:
-        self.used -= self._sizes.pop(key, 0)
-
-    def _evict(self, incoming: int) -> None:
+    def _plan(self, blocks: list[tuple[ObjectRef, int, bytes]]) -> tuple[list[Path], list[tuple[ObjectRef, int, bytes]]]:
+        """The blocks worth writing, and the files to delete first so that they fit."""
+        wanted: dict[str, tuple[ObjectRef, int, bytes]] = {}
+        for obj, index, data in blocks:
+            key = str(self._path(obj, index))
+            if key not in self._sizes and self.HEADER.size + len(data) <= self.capacity:
+                wanted[key] = (obj, index, data)
+        incoming = sum(self.HEADER.size + len(data) for _, _, data in wanted.values())
+        victims = []
         while self._sizes and self.used + incoming > self.capacity:
             key, size = self._sizes.popitem(last=False)
             self.used -= size
-            Path(key).unlink(missing_ok=True)
+            victims.append(Path(key))
+        while wanted and incoming > self.capacity:  # more in one batch than the whole cache
+            _, (_, _, data) = wanted.popitem()
+            incoming -= self.HEADER.size + len(data)
+        return victims, list(wanted.values())
+
+    def _write_blocks(self, victims: list[Path], blocks: list[tuple[ObjectRef, int, bytes]]) -> list[tuple[str, int]]:
+        for victim in victims:
+            victim.unlink(missing_ok=True)
+        written = []
+        for obj, index, data in blocks:
+            path = self._path(obj, index)
+            # A name of this writer's own: two caches (or processes) on one directory never collide.
+            temporary = path.with_name(f"{path.name}.{os.getpid()}-{next(self._temporary_names)}.tmp")
+            header = self.HEADER.pack(self.MAGIC, obj.digest, index, len(data), zlib.crc32(data))
+            try:
+                # Few system calls, each one a place where this thread waits for the GIL.
+                path.parent.mkdir(exist_ok=True)
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    if os.writev(descriptor, [header, data]) != len(header) + len(data):
+                        raise OSError(f"short write of {temporary.name}")
+                finally:
+                    os.close(descriptor)
+                os.replace(temporary, path)
+            except OSError as exc:
+                log.warning("cache: cannot write block %s: %s", path.name, exc)
+                temporary.unlink(missing_ok=True)
+                continue
+            written.append((str(path), self.HEADER.size + len(data)))
+        return written
+
+    def _commit(self, written: list[tuple[str, int]]) -> None:
+        for key, size in written:
+            if key not in self._sizes:
+                self._sizes[key] = size
+                self.used += size
+
+    def _forget(self, key: str) -> None:
+        self.used -= self._sizes.pop(key, 0)
 
 
 class _Pending:
@@ -196,6 +238,7 @@ class CacheStats:
     bytes_fetched: int = 0
     memory_hits: int = 0
     disk_hits: int = 0
+    disk_writes_skipped: int = 0
 
 
 class BlockCache:
@@ -205,6 +248,11 @@ class BlockCache:
     MAX_REQUEST = 16 * 1024 * 1024
     #: Mid-body failures (a connection cut after the headers) are resumed this many times.
     RESUMES = 3
+    #: The most blocks waiting to be written to disk (16 MiB; an eighth of the memory cache if
+    #: less, since a queued block the memory LRU dropped is memory of its own), and the most
+    #: written in one go.
+    DISK_QUEUE = 64
+    DISK_BATCH = 16
 
     def __init__(self, memory_bytes: int, disk: DiskCache, nursery: trio.Nursery, parallel: int = 8):
         self.memory: cachetools.LRUCache = cachetools.LRUCache(maxsize=max(memory_bytes, BLOCK_SIZE), getsizeof=len)
@@ -213,6 +261,13 @@ class BlockCache:
         self.stats = CacheStats()
         self._pending: dict[tuple[bytes, int], _Pending] = {}
         self._requests = trio.CapacityLimiter(parallel)
+        # Disk writes go through a bounded queue to a writer task whose files are written in a
+        # worker thread: neither readers nor fetches wait for the disk. Blocks that find the
+        # queue full are not written (see `_store`).
+        queue = min(self.DISK_QUEUE, max(4, memory_bytes // (8 * BLOCK_SIZE)))
+        self._to_disk, to_disk = trio.open_memory_channel(queue)
+        self._unwritten = 0
+        nursery.start_soon(self._write_to_disk, to_disk)
 
     def cached(self, obj: ObjectRef, index: int) -> bytes | None:
         key = (obj.digest, index)
@@ -277,8 +332,10 @@ class BlockCache:
                             buffer += chunk
                             while index <= last and len(buffer) >= obj.block_length(index):
                                 length = obj.block_length(index)
-                                self._store(obj, index, bytes(buffer[:length]))
+                                with memoryview(buffer) as view:  # one copy, not two
+                                    block = bytes(view[:length])
                                 del buffer[:length]
+                                self._store(obj, index, block)
                                 index += 1
                             if index > last:
                                 break  # a source that sends more than asked is not read further
@@ -303,7 +360,31 @@ class BlockCache:
     def _store(self, obj: ObjectRef, index: int, data: bytes) -> None:
         key = (obj.digest, index)
         self.memory[key] = data
-        self.disk.put(obj, index, data)
         pending = self._pending.pop(key, None)
         if pending is not None:
             pending.set(data)
+        try:
+            self._to_disk.send_nowait((obj, index, data))
+            self._unwritten += 1
+        except trio.WouldBlock:
+            # The disk is slower than the network: the read is not slowed to the disk's pace,
+            # and this block stays in memory only (a later read may fetch it again).
+            self.stats.disk_writes_skipped += 1
+
+    async def _write_to_disk(self, blocks: trio.MemoryReceiveChannel) -> None:
+        async for first in blocks:
+            batch = [first]
+            while len(batch) < self.DISK_BATCH:
+                try:
+                    batch.append(blocks.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self.disk.put_async(batch)
+            finally:
+                self._unwritten -= len(batch)
+
+    async def flush(self) -> None:
+        """Wait until every block queued for the disk is written."""
+        while self._unwritten:
+            await trio.sleep(0.005)

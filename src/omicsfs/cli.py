@@ -169,10 +169,10 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 DEMO_HINTS = """\
-omicsfs demo: the emulator's sample BaseSpace account is mounted at {mnt}
+omicsfs demo: the emulator's sample accounts are mounted at {mnt}, one directory per platform
 
 Try, in another terminal:
-  ls {mnt}/basespace/Projects
+  ls {mnt}
   ls -la "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Alignment"
   samtools view -c "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Alignment/S1.bam" chr1:100000-200000
   tabix "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Variants/S1.vcf.gz" chr2:1-50000 | head
@@ -180,13 +180,24 @@ Try, in another terminal:
   cat "{mnt}/basespace/Projects/Tumor-Normal WGS/.json"
   getfattr -d -m user.omicsfs "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Alignment/S1.bam"
   ls {mnt}/basespace/Runs/*/Files/Data/Intensities/BaseCalls/L001 | head
+  ls -a {mnt}/sevenbridges/Projects/alice/wgs-cohort {mnt}/sevenbridges/Projects/alice/wgs-cohort/.tasks
+  ls {mnt}/bugseq/jobs | head; cat "$(ls -d {mnt}/bugseq/jobs/* | head -1)/job.json" | head -20
+  find {mnt}/isabl/projects -maxdepth 8 | head -30
+  df -h {mnt}
 
 Press Ctrl-C here to unmount and stop.
 """
 
 
 def demo_config(url: str, token: str, cache_dir: Path) -> Config:
-    platforms = [PlatformConfig("basespace", "basespace", {"url": f"{url}/basespace", "token": token})]
+    """Every platform the emulator serves, each under its own prefix, as one mount."""
+    from omicsfs.emulator import platform_modules
+
+    platforms = []
+    for module in platform_modules():
+        kind = module.__name__.rsplit(".", 1)[-1]
+        settings = {"url": f"{url}{module.PREFIX}", "token": token, **getattr(module, "DEMO_SETTINGS", {})}
+        platforms.append(PlatformConfig(kind, kind, settings))
     return Config(platforms, cache_dir=cache_dir, cache_size=2 * 1024**3, metadata_ttl=60.0, source="<demo>")
 
 

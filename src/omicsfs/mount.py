@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 #: 1024 lets sequential readers get 1 MiB requests (about 3x the throughput here; dxfuse does the same).
 READ_AHEAD_KB = 1024
 MAX_WINDOW = 64 * 1024 * 1024
+#: Seconds an unmount waits for blocks still queued for the disk cache.
+FLUSH_TIMEOUT = 30
 
 
 def mount_options() -> list[str]:
@@ -119,6 +121,8 @@ async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> 
                 nursery.start_soon(_announce, mountpoint, ready)
                 nursery.start_soon(_terminate_on_signal)
                 await pyfuse3.main()
+                with trio.move_on_after(FLUSH_TIMEOUT):  # what a remount should find on disk
+                    await cache.flush()
             finally:
                 pyfuse3.close(unmount=True)
                 nursery.cancel_scope.cancel()

@@ -161,6 +161,11 @@ async def store_object(request: Request) -> Response:
     world.stats.store_ranges.append(f"{object_id}:{start}-{end}")
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
+    return file_response(world, path, start, length, status, headers)
+
+
+def file_response(world: World, path: Path, start: int, length: int, status: int, headers: dict) -> StreamingResponse:
+    """`length` bytes of `path` from `start`, streamed and counted in `world.stats.store_bytes`."""
 
     async def body():
         with open(path, "rb") as file:

@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
-import tempfile
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -135,23 +133,8 @@ def generate(data_dir: Path) -> dict:
     `jobs.json` describes the user and the jobs as the API shows them, plus for each output its
     object id, real size and md5 (never served); `objects/<id>` holds the bytes.
     """
-    data_dir = Path(data_dir)
-    try:
-        existing = load(data_dir)
-        if existing.get("generator") == GENERATOR_VERSION:
-            return existing
-    except (OSError, ValueError):
-        pass
-    (data_dir / "jobs.json").unlink(missing_ok=True)
-    objects = data_dir / "objects"
-    shutil.rmtree(objects, ignore_errors=True)
-    objects.mkdir(parents=True)
-    with tempfile.TemporaryDirectory() as workdir:
-        account = {"generator": GENERATOR_VERSION, **_build(objects, Path(workdir))}
-    partial = data_dir / "jobs.json.partial"
-    partial.write_text(json.dumps(account, indent=1))
-    os.replace(partial, data_dir / "jobs.json")
-    return account
+    objects = Path(data_dir) / "objects"
+    return sampledata.generated(Path(data_dir) / "jobs.json", GENERATOR_VERSION, objects, lambda workdir: _build(objects, workdir))
 
 
 def load(data_dir: Path) -> dict:

@@ -34,19 +34,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from omicsfs.emulator import World, parse_range, sampledata
+from omicsfs.emulator import World, file_response, parse_range, sampledata
 
 PREFIX = "/isabl"
 API = "/api/v1"
@@ -122,34 +120,13 @@ class Installation:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.storage = self.directory / "storage"
-        manifest = self.directory / "installation.json"
-        data = self._load(manifest)
-        if data is None:
-            data = self._generate(manifest)
+        data = sampledata.generated(self.directory / "installation.json", GENERATOR_VERSION, self.storage, self._build)
         self.user = data["user"]
         self.tables: dict[str, dict[int, dict]] = {name: {o["pk"]: o for o in data[name]} for name in ENDPOINTS}
 
     def local_path(self, path: str) -> Path:
         """Where a storage path of the installation lives on the emulator's disk."""
         return self.storage / path.lstrip("/")
-
-    def _load(self, manifest: Path) -> dict | None:
-        try:
-            data = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            return None
-        return data if data.get("generator") == GENERATOR_VERSION else None
-
-    def _generate(self, manifest: Path) -> dict:
-        manifest.unlink(missing_ok=True)
-        shutil.rmtree(self.storage, ignore_errors=True)
-        self.storage.mkdir(parents=True)
-        with tempfile.TemporaryDirectory() as workdir:
-            data = {"generator": GENERATOR_VERSION, **self._build(Path(workdir))}
-        partial = manifest.with_suffix(".partial")
-        partial.write_text(json.dumps(data, indent=1))
-        os.replace(partial, manifest)  # written last: a crash never leaves a manifest without files
-        return data
 
     # -- building --------------------------------------------------------------------------
 
@@ -260,7 +237,7 @@ class Installation:
         script = (f"#!/bin/bash\nset -euo pipefail\ncd {url}\n"
                   f"bwa mem -t 16 -R '@RG\\tID:{name}\\tSM:{name}' {STORAGE_ROOT}/assemblies/GRCh37/genome.fa {fastqs} \\\n"
                   f"  | samtools sort -@ 4 -o {name}.bam -\nsamtools index {name}.bam\n")
-        log = f"[M::bwa_idx_load_from_disk] read 0 ALT contigs\n[main] Version: 0.7.17-r1188\n[main] Real time: 3512.201 sec\n"
+        log = "[M::bwa_idx_load_from_disk] read 0 ALT contigs\n[main] Version: 0.7.17-r1188\n[main] Real time: 3512.201 sec\n"
         results = self._commands(url, script, log)
         results.update({
             "bam": f"{url}/{name}.bam",
@@ -565,21 +542,6 @@ def routes(world: World) -> list[Route]:
             return JSONResponse({"detail": f"Result '{key}' file does not exist."}, status_code=404)
         return path, f"isabl:{pk}:{key}"
 
-    def send(path: Path, start: int, length: int, status: int, headers: dict) -> StreamingResponse:
-        async def body():
-            with open(path, "rb") as file:
-                file.seek(start)
-                remaining = length
-                while remaining:
-                    chunk = file.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-                    world.stats.store_bytes += len(chunk)
-                    yield chunk
-
-        return StreamingResponse(body(), status_code=status, headers=headers, media_type="application/octet-stream")
-
     async def download(request: Request) -> Response:
         if request.method == "HEAD":
             world.stats.api_requests += 1
@@ -596,7 +558,7 @@ def routes(world: World) -> list[Route]:
         if request.method == "HEAD":
             return Response(status_code=200, headers=headers, media_type="application/octet-stream")
         world.stats.store_ranges.append(f"{object_id}:0-{size - 1}")
-        return send(path, 0, size, 200, headers)
+        return file_response(world, path, 0, size, 200, headers)
 
     async def stream(request: Request) -> Response:
         world.stats.store_requests += 1
@@ -619,7 +581,7 @@ def routes(world: World) -> list[Route]:
         if span:
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         world.stats.store_ranges.append(f"{object_id}:{start}-{end}")
-        return send(path, start, length, 206 if span else 200, headers)
+        return file_response(world, path, start, length, 206 if span else 200, headers)
 
     def both(path: str, endpoint, **kwargs) -> list[Route]:
         """A DRF router with an optional trailing slash answers both spellings."""

@@ -24,7 +24,7 @@ import struct
 import tempfile
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pysam
 
@@ -70,20 +70,35 @@ def generate(data_dir: Path, large_file_size: int = 1 << 30) -> dict:
     same GENERATOR_VERSION and large_file_size) the sample account; return the
     account dict."""
     data_dir = Path(data_dir)
-    wanted = {"version": GENERATOR_VERSION, "large_file_size": large_file_size}
-    existing = _current_account(data_dir, wanted)
-    if existing is not None:
-        return existing
-    # Drop the old description first so a crash never leaves it pointing at
-    # missing or half-written objects.
-    (data_dir / "account.json").unlink(missing_ok=True)
     objects = data_dir / "objects"
-    shutil.rmtree(objects, ignore_errors=True)
-    objects.mkdir(parents=True)
+    wanted = {"version": GENERATOR_VERSION, "large_file_size": large_file_size}
+    return generated(
+        data_dir / "account.json", wanted, objects, lambda workdir: _build(_Store(objects), large_file_size, workdir)
+    )
+
+
+def generated(manifest: Path, stamp: object, files: Path, build: Callable[[Path], dict]) -> dict:
+    """The data `manifest` describes if the same generator (`stamp`) wrote it, else built anew.
+
+    Every emulator's data is made this way. `files` is emptied before `build(workdir)` writes into
+    it; the old manifest goes first and the new one is written last, atomically, so a crash never
+    leaves a manifest pointing at missing or half-written files.
+    """
+    try:
+        data = json.loads(manifest.read_text())
+        if data.get("generator") == stamp:
+            return data
+    except (OSError, ValueError):
+        pass
+    manifest.unlink(missing_ok=True)
+    shutil.rmtree(files, ignore_errors=True)
+    files.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as workdir:
-        account = {"generator": wanted, **_build(_Store(objects), large_file_size, Path(workdir))}
-    _write_json(data_dir / "account.json", account)
-    return account
+        data = {"generator": stamp, **build(Path(workdir))}
+    partial = manifest.with_name(manifest.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1))
+    os.replace(partial, manifest)
+    return data
 
 
 def load(data_dir: Path) -> dict:
@@ -111,22 +126,6 @@ def iter_files(account: dict) -> Iterator[tuple[str, dict, dict]]:
     for run in account["runs"]:
         for file in run["files"]:
             yield "run", run, file
-
-
-def _current_account(data_dir: Path, wanted: dict) -> dict | None:
-    """The existing account if it was generated with the same settings."""
-    try:
-        account = load(data_dir)
-    except (OSError, ValueError):
-        return None
-    return account if account.get("generator") == wanted else None
-
-
-def _write_json(path: Path, value: dict) -> None:
-    """Write atomically: readers see either no account or a complete one."""
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(value, indent=1))
-    os.replace(partial, path)
 
 
 class _Store:

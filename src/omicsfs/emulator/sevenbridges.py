@@ -38,11 +38,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
-import os
 import random
 import shutil
-import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -56,6 +53,8 @@ from starlette.routing import Route
 from omicsfs.emulator import World, sampledata
 
 PREFIX = "/sevenbridges"
+#: What `omicsfs demo` adds to this platform's table: the public reference project too.
+DEMO_SETTINGS = {"public_files": True}
 API = "v2"
 GENERATOR_VERSION = 1
 
@@ -104,24 +103,11 @@ def error(status: int, code: int, message: str) -> JSONResponse:
 
 def generate(data_dir: Path) -> dict:
     """Create (or reuse, when `account.json` was written by this generator version) the data."""
-    data_dir = Path(data_dir)
+    objects = Path(data_dir) / "objects"
     wanted = {"version": GENERATOR_VERSION}
-    try:
-        account = json.loads((data_dir / "account.json").read_text())
-        if account.get("generator") == wanted:
-            return account
-    except (OSError, ValueError):
-        pass
-    (data_dir / "account.json").unlink(missing_ok=True)
-    objects = data_dir / "objects"
-    shutil.rmtree(objects, ignore_errors=True)
-    objects.mkdir(parents=True)
-    with tempfile.TemporaryDirectory() as workdir:
-        account = {"generator": wanted, **_Builder(objects, Path(workdir)).build()}
-    partial = data_dir / "account.json.partial"
-    partial.write_text(json.dumps(account, indent=1))
-    os.replace(partial, data_dir / "account.json")
-    return account
+    return sampledata.generated(
+        Path(data_dir) / "account.json", wanted, objects, lambda workdir: _Builder(objects, workdir).build()
+    )
 
 
 def object_path(data_dir: Path, file_id: str) -> Path:

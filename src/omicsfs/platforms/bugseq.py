@@ -48,7 +48,7 @@ from urllib.parse import parse_qsl, quote, urljoin, urlsplit
 
 
 from omicsfs.dates import parse_timestamp
-from omicsfs.errors import AccessDenied, NotFound, PlatformError
+from omicsfs.errors import NotFound, PlatformError
 from omicsfs.http import PresignedURLs
 from omicsfs.platform import Entry, Platform, gather
 
