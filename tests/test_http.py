@@ -563,3 +563,24 @@ def test_redact_keeps_the_record_loggable_twice(redacted_log):
     assert record.getMessage() == "100% of https://store.example/bucket/obj.bam?…"
     assert Redact(["not-in-it"]).filter(record)
     assert record.getMessage() == "100% of https://store.example/bucket/obj.bam?…"
+
+
+async def test_concurrent_readers_of_one_file_resolve_its_url_once():
+    resolutions = []
+
+    async def resolve(key):
+        resolutions.append(key)
+        await trio.sleep(0.01)
+        return f"https://store.example/{key}?X-Signature=s", None
+
+    urls = PresignedURLs(Http(httpx.AsyncClient()), resolve)
+    found = []
+
+    async def reader():
+        found.append(await urls.url("file-1"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(reader)
+    assert resolutions == ["file-1"]
+    assert found == ["https://store.example/file-1?X-Signature=s"] * 8

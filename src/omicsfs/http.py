@@ -275,15 +275,26 @@ class PresignedURLs:
         self.http = http
         self._resolve = resolve
         self._urls: cachetools.LRUCache = cachetools.LRUCache(maxsize=capacity)
+        self._resolving: dict[Hashable, trio.Event] = {}
 
     async def url(self, key: Hashable) -> str:
-        cached = self._urls.get(key)
-        if cached is not None:
-            url, expires = cached
-            if expires is None or expires - self.EXPIRY_MARGIN > time.time():
-                return url
-        url, expires = await self._resolve(key)
-        self._urls[key] = (url, expires)
+        while True:
+            cached = self._urls.get(key)
+            if cached is not None:
+                url, expires = cached
+                if expires is None or expires - self.EXPIRY_MARGIN > time.time():
+                    return url
+            resolving = self._resolving.get(key)
+            if resolving is None:
+                break
+            await resolving.wait()  # another reader is asking already: one request for all
+        done = self._resolving[key] = trio.Event()
+        try:
+            url, expires = await self._resolve(key)
+            self._urls[key] = (url, expires)
+        finally:
+            del self._resolving[key]
+            done.set()
         return url
 
     def forget(self, key: Hashable) -> None:
