@@ -10,7 +10,11 @@ Everything runs on this machine in one go, against the emulator (`omicsfs emulat
 4. `bench/nullfs.py`, a pyfuse3 file system whose reads return zeros: the FUSE ceiling;
 5. `rclone mount` of `rclone serve http` over the emulator's objects directory, if rclone is installed;
 6. what the object store saw for one `samtools view -c` region query on the sample BAM, and for one
-   whole-file read of it, each through a fresh cold mount.
+   whole-file read of it, each through a fresh cold mount;
+7. per platform (every emulated platform -- BaseSpace, BugSeq, Isabl, Seven Bridges -- mounted
+   together in one omicsfs mount): cold and warm (remount, disk block cache) reads of the
+   platform's largest file, and one `samtools view -c` region query on a coordinate-sorted BAM of
+   the platform, with the API and content requests the emulator saw for each.
 
 Every file read is `dd if=FILE of=/dev/null bs=1M`, timed from outside. Throughputs are in MB/s
 (10^6 bytes per second); each figure is the median of `--runs` runs. The table is printed and
@@ -43,7 +47,7 @@ from pathlib import Path
 
 import httpx
 
-from omicsfs.emulator import sampledata
+from omicsfs.emulator import platform_modules, sampledata
 from omicsfs.emulator.server import EmulatorProcess, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +61,8 @@ LARGE_IN_MOUNT = f"{PLATFORM}/Projects/Tumor-Normal WGS/AppResults/Archive/Files
 BAM_CONTAINER, BAM_PATH, BAI_PATH = "BWA Alignment S1", "Alignment/S1.bam", "Alignment/S1.bam.bai"
 BAM_IN_MOUNT = f"{PLATFORM}/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Alignment/S1.bam"
 REGION = "chr2:500000-501000"
+#: Every emulated platform, in the order of the per-platform tables.
+KINDS = sorted(module.__name__.rsplit(".", 1)[-1] for module in platform_modules())
 
 MB = 1_000_000
 
@@ -246,7 +252,7 @@ class Series:
     def med(self, key: str):
         return median(self.values(key))
 
-    def summary(self, size: int) -> dict:
+    def summary(self, size: int, extra: tuple[str, ...] = ()) -> dict:
         seconds = self.values("seconds")
         answer: dict = {"name": self.name, "runs": self.runs, "error": self.error}
         if seconds:
@@ -256,7 +262,7 @@ class Series:
                 mb_s_min=size / max(seconds) / MB,
                 mb_s_max=size / min(seconds) / MB,
             )
-        for key in ("store_requests", "store_bytes", "api_requests", "daemon_cpu_s", "server_cpu_s"):
+        for key in ("store_requests", "store_bytes", "api_requests", "daemon_cpu_s", "server_cpu_s", *extra):
             if self.values(key):
                 answer[key] = self.med(key)
         return answer
@@ -330,6 +336,14 @@ class Bench:
             f'token = "{self.emulator.token}"\n'
         )
         self.config.chmod(0o600)
+        # Every platform in one mount, as tests/conftest.py's `platform_table` configures them.
+        self.data_dir = data
+        self.all_config = self.workdir / "config-all.toml"
+        self.all_config.write_text("".join(
+            f'[platforms."{kind}"]\nkind = "{kind}"\nurl = "{self.emulator.url}/{kind}"\n'
+            f'token = "{self.emulator.token}"\n\n' for kind in KINDS
+        ))
+        self.all_config.chmod(0o600)
 
     def cold_start(self, *objects: Path) -> None:
         """Before a cold run: drop the kernel's caches (where allowed), then read the emulator's own
@@ -360,14 +374,15 @@ class Bench:
     # -- mounts --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def omicsfs_mount(self, cache_dir: Path):
-        """`omicsfs mount` (background mode, as a user would); yields (mountpoint, daemon pid)."""
+    def omicsfs_mount(self, cache_dir: Path, config: Path | None = None):
+        """`omicsfs mount` (background mode, as a user would); yields (mountpoint, daemon pid).
+        `config` defaults to the BaseSpace-only one."""
         mountpoint = self.new_mountpoint("omicsfs")
         log = self.workdir / f"omicsfs-{self.mount_count}.log"
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(self._unmount_omicsfs, mountpoint)
             result = subprocess.run(
-                [*OMICSFS, "mount", str(mountpoint), "--config", str(self.config), "--cache-dir", str(cache_dir),
+                [*OMICSFS, "mount", str(mountpoint), "--config", str(config or self.config), "--cache-dir", str(cache_dir),
                  "--log-file", str(log)], capture_output=True, text=True, timeout=300, check=False,
             )
             if result.returncode != 0 or not is_mounted(mountpoint):
@@ -611,6 +626,148 @@ class Bench:
                      f"{stats['api_requests']} API requests")
         return query, whole
 
+    # -- every platform ----------------------------------------------------------------------
+
+    def server_copies(self, kind: str, sizes: set[int]) -> list[Path]:
+        """The emulator's own files for `kind` whose sizes are among `sizes`: what `cold_start`
+        reads beforehand so the server serves from memory (a file of the same size read in
+        passing costs nothing)."""
+        found = []
+        for directory, _, names in os.walk(self.data_dir / kind):
+            for name in names:
+                path = Path(directory, name)
+                with contextlib.suppress(OSError):
+                    if path.is_file() and path.stat().st_size in sizes:
+                        found.append(path)
+        return sorted(found)
+
+    def discover(self) -> dict[str, dict]:
+        """Walk one mount of every platform (untimed, uncounted) and pick, per platform, its
+        largest file and its first coordinate-sorted BAM with a `.bai` beside it."""
+        found: dict[str, dict] = {}
+        with self.omicsfs_mount(self.workdir / "cache-discover", self.all_config) as (mountpoint, pid):
+            for kind in KINDS:
+                entry: dict = {"errors": []}
+                found[kind] = entry
+                files: list[tuple[int, str]] = []
+                try:
+                    for directory, subdirectories, names in os.walk(mountpoint / kind):
+                        # Hidden directories (Seven Bridges' `.tasks` shows the project files again)
+                        # and entity metadata (`.json`, `.id`) are left out.
+                        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+                        for name in names:
+                            if name.startswith("."):
+                                continue
+                            path = Path(directory, name)
+                            files.append((os.stat(path).st_size, str(path.relative_to(mountpoint))))
+                except OSError as exc:
+                    entry["errors"].append(f"walking {kind} failed: {exc}")
+                    continue
+                if not files:
+                    entry["errors"].append(f"no files under {kind}")
+                    continue
+                size, largest = min(files, key=lambda item: (-item[0], item[1]))
+                entry["largest"] = {"path": largest, "size": size}
+                sizes = {path: length for length, path in files}
+                for path in sorted(p for p in sizes if p.endswith(".bam") and f"{p}.bai" in sizes):
+                    header = run_on_mount(["samtools", "view", "-H", str(mountpoint / path)], pid, timeout=120)
+                    hd = next((line for line in header.stdout.splitlines() if line.startswith("@HD")), "")
+                    if header.returncode == 0 and "SO:coordinate" in hd.split("\t"):
+                        entry["bam"] = {"path": path, "size": sizes[path], "bai_size": sizes[f"{path}.bai"]}
+                        break
+                else:
+                    entry["errors"].append(f"no coordinate-sorted BAM with a .bai beside it under {kind}")
+                note(f"{kind}: {len(files)} files; largest {largest} ({size:,} bytes); "
+                     f"BAM {entry.get('bam', {}).get('path')}")
+        shutil.rmtree(self.workdir / "cache-discover", ignore_errors=True)
+        return found
+
+    def bench_platform_read(self, kind: str, target: dict) -> tuple[Series, Series]:
+        """Cold (fresh mount, empty cache dir) and warm (remount, same cache dir) reads of one
+        platform's largest file, through the all-platform mount. The path lookups are made
+        untimed before each read, and counted apart (`lookup_*`)."""
+        cold = Series(f"{kind} cold")
+        warm = Series(f"{kind} warm (remount, disk block cache)")
+        assert self.emulator is not None
+        size = target["size"]
+        objects = self.server_copies(kind, {size})
+        for run in range(self.runs):
+            cache_dir = self.workdir / f"cache-{kind}-{run}"
+            for series, fresh in ((cold, True), (warm, False)):
+                if fresh:
+                    self.cold_start(*objects)
+                with self.omicsfs_mount(cache_dir, self.all_config) as (mountpoint, pid):
+                    path = mountpoint / target["path"]
+                    self.emulator.reset_stats()  # after the mount's credential checks
+                    os.stat(path)  # the path lookups, outside the timed read
+                    lookup = self.emulator.stats()
+                    self.emulator.reset_stats()
+                    entry = measured_read(path, size, pid, self.server_pid)
+                    stats = self.emulator.stats()
+                series.runs.append(entry | {
+                    "store_requests": stats["store_requests"], "store_bytes": stats["store_bytes"],
+                    "api_requests": stats["api_requests"], "lookup_api_requests": lookup["api_requests"],
+                    "lookup_store_requests": lookup["store_requests"], "lookup_store_bytes": lookup["store_bytes"],
+                })
+                note(f"{series.name} run {run + 1}: {size / entry['seconds'] / MB:.0f} MB/s "
+                     f"({entry['seconds'] * 1000:.0f} ms), {stats['api_requests']} API + {stats['store_requests']} "
+                     f"content requests, {stats['store_bytes'] / size:.3f}x the size")
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        return cold, warm
+
+    def bench_platform_query(self, kind: str, bam: dict) -> Series:
+        """One `samtools view -c BAM REGION` through a fresh mount with an empty cache dir; counts
+        from after the mount (lookups included), as for the BaseSpace BAM figures."""
+        series = Series(f"{kind} samtools view -c")
+        assert self.emulator is not None
+        objects = self.server_copies(kind, {bam["size"], bam["bai_size"]})
+        for run in range(self.runs):
+            cache_dir = self.workdir / f"query-cache-{kind}-{run}"
+            self.cold_start(*objects)
+            with self.omicsfs_mount(cache_dir, self.all_config) as (mountpoint, pid):
+                self.emulator.reset_stats()
+                start = time.perf_counter()
+                result = run_on_mount(["samtools", "view", "-c", str(mountpoint / bam["path"]), REGION], pid, timeout=300)
+                seconds = time.perf_counter() - start
+                stats = self.emulator.stats()
+            shutil.rmtree(cache_dir, ignore_errors=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"samtools view -c on {kind} failed: {result.stderr.strip()[-300:]}")
+            series.runs.append({
+                "seconds": seconds, "reads": int(result.stdout.strip()), "store_requests": stats["store_requests"],
+                "store_bytes": stats["store_bytes"], "api_requests": stats["api_requests"], "ranges": stats["store_ranges"],
+            })
+            note(f"{series.name} run {run + 1}: {stats['api_requests']} API + {stats['store_requests']} content requests, "
+                 f"{stats['store_bytes']:,} bytes ({stats['store_bytes'] / bam['size']:.3f}x the BAM)")
+        return series
+
+    def bench_platforms(self) -> dict[str, dict]:
+        """The per-platform figures: what `render` prints in the two per-platform tables."""
+        answer: dict[str, dict] = {}
+        extra = ("lookup_api_requests", "lookup_store_requests", "lookup_store_bytes", "reads")
+        for kind, found in self.discover().items():
+            row: dict = {"errors": list(found["errors"])}
+            answer[kind] = row
+            if "largest" in found:
+                target = found["largest"]
+                row["largest"] = dict(target)
+                try:
+                    cold, warm = self.bench_platform_read(kind, target)
+                    row["cold"] = cold.summary(target["size"], extra)
+                    row["warm"] = warm.summary(target["size"], extra)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    row["errors"].append(f"reading {target['path']} failed: {exc}")
+                    note(row["errors"][-1])
+            if "bam" in found:
+                bam = found["bam"]
+                row["bam"] = dict(bam)
+                try:
+                    row["region_query"] = self.bench_platform_query(kind, bam).summary(bam["size"], extra)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    row["errors"].append(f"the region query on {bam['path']} failed: {exc}")
+                    note(row["errors"][-1])
+        return answer
+
     # -- all of it -----------------------------------------------------------------------------
 
     def run(self) -> dict:
@@ -623,6 +780,7 @@ class Bench:
         cold, page, disk = self.bench_omicsfs()
         rclone = self.bench_rclone()
         query, whole = self.bench_bam()
+        platforms = self.bench_platforms()
         elapsed = time.monotonic() - started
         return {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -645,12 +803,14 @@ class Bench:
                 "bam_size": self.bam["Size"],
                 "bai_size": self.bai["Size"],
                 "region": REGION,
+                "platforms": list(KINDS),
             },
             "throughput": {key: series.summary(self.size) for key, series in (
                 ("curl", curl), ("nullfs", nullfs), ("omicsfs_cold", cold), ("omicsfs_warm_page_cache", page),
                 ("omicsfs_warm_disk_cache", disk), ("rclone", rclone))},
             "bam": {key: series.summary(self.bam["Size"]) | {"reads": series.med("reads")}
                     for key, series in (("region_query", query), ("whole_read", whole))},
+            "platforms": platforms,
             "elapsed_s": elapsed,
         }
 
@@ -740,8 +900,77 @@ def render(results: dict) -> str:
             f"{row['name']:46} {_fmt(row.get('reads'), '6.0f'):>6} {row['api_requests']:8.0f} {row['store_requests']:5.0f} "
             f"{row['store_bytes']:14,.0f} {row['store_bytes'] / bam_size:10.3f}x {bam_asked:10,.0f} {bai_asked:10,.0f}"
         )
+    lines += render_platforms(results)
     lines += ["", f"whole bench: {results['elapsed_s']:.0f} s"]
     return "\n".join(lines)
+
+
+def render_platforms(results: dict) -> list[str]:
+    """The two per-platform tables: sequential cold/warm reads, and the region query."""
+    platforms = results.get("platforms") or {}
+    runs = results["settings"]["runs"]
+    lines = [
+        "",
+        (f"Per platform ({len(platforms)} platforms in one omicsfs mount): sequential read of each platform's largest "
+         f"file, median of {runs} runs."),
+        ("cold = fresh mount, empty cache dir; warm = unmount, mount again with the same cache dir (disk block cache). "
+         "Requests the emulator saw:"),
+        ("lookup = the path's lookups, before the read (untimed); API = platform API requests; content = object-store "
+         "GETs (Isabl: its API's stream endpoint)."),
+        (f"{'':13} {'':13}  {' cold read ':-^14}  {' warm read ':-^14}  {' lookup ':-^11}  "
+         f"{' cold read requests ':-^26}  {' warm read ':-^11}"),
+        (f"{'':13} {'size bytes':>13}  {'MB/s':>6} {'ms':>7}  {'MB/s':>6} {'ms':>7}  {'API':>3} {'content':>7}  "
+         f"{'API':>3} {'content':>7} {'fetched/size':>14}  {'API':>3} {'content':>7}"),
+    ]
+    small = False
+    for kind, row in platforms.items():
+        cold, warm, largest = row.get("cold") or {}, row.get("warm") or {}, row.get("largest") or {}
+        if cold.get("mb_s") is None:
+            lines.append(f"{kind:13} {'; '.join(row['errors']) or 'no figure'}")
+            continue
+        size = largest["size"]
+        small = small or size < 100 * MB
+        fetched = cold.get("store_bytes")
+        lines.append(
+            f"{kind:13} {size:13,}  {cold['mb_s']:6.0f} {cold['seconds'] * 1000:7.0f}  "
+            f"{_fmt(warm.get('mb_s'), '6.0f'):>6} {_fmt(warm['seconds'] * 1000 if warm.get('seconds') else None, '7.0f'):>7}  "
+            f"{_fmt(cold.get('lookup_api_requests'), '3.0f'):>3} {_fmt(cold.get('lookup_store_requests'), '7.0f'):>7}  "
+            f"{_fmt(cold.get('api_requests'), '3.0f'):>3} {_fmt(cold.get('store_requests'), '7.0f'):>7} "
+            f"{_fmt(fetched / size if fetched is not None else None, '13.3f') + ('x' if fetched is not None else ''):>14}  "
+            f"{_fmt(warm.get('api_requests'), '3.0f'):>3} {_fmt(warm.get('store_requests'), '7.0f'):>7}"
+        )
+        if row["errors"]:
+            lines.append(f"{'':13} note: {'; '.join(row['errors'])}")
+    if small:
+        lines.append(f"{'':13} (files of a few MB take milliseconds: their MB/s measure per-file latency -- "
+                     "download URL, first GETs, dd's start -- more than throughput)")
+    for kind, row in platforms.items():
+        if row.get("largest"):
+            lines.append(f"{'':13} {kind}: {row['largest']['path'].partition('/')[2]}")
+    lines += [
+        "",
+        (f"Per platform (same mount): samtools view -c BAM {results['settings']['region']} on a coordinate-sorted "
+         f"BAM with its .bai, median of {runs} runs,"),
+        ("each through a fresh mount with an empty cache dir; requests counted from after the mount (path lookups "
+         "included); content = object-store GETs (Isabl: stream):"),
+        (f"{'':13} {'BAM bytes':>11} {'BAI bytes':>9} {'reads':>6} {'API req':>8} {'content req':>11} "
+         f"{'bytes fetched':>14} {'x BAM size':>11} {'seconds':>8}"),
+    ]
+    for kind, row in platforms.items():
+        query, bam = row.get("region_query") or {}, row.get("bam") or {}
+        if query.get("store_bytes") is None:
+            errors = [e for e in row["errors"] if "BAM" in e or "region" in e or "walking" in e]
+            lines.append(f"{kind:13} {'; '.join(errors) or 'no figure'}")
+            continue
+        lines.append(
+            f"{kind:13} {bam['size']:11,} {bam['bai_size']:9,} {_fmt(query.get('reads'), '6.0f'):>6} "
+            f"{query['api_requests']:8.0f} {query['store_requests']:11.0f} {query['store_bytes']:14,.0f} "
+            f"{query['store_bytes'] / bam['size']:10.3f}x {query['seconds']:8.2f}"
+        )
+    for kind, row in platforms.items():
+        if row.get("bam"):
+            lines.append(f"{'':13} {kind}: {row['bam']['path'].partition('/')[2]}")
+    return lines
 
 
 # -- main ----------------------------------------------------------------------------------------
