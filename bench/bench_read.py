@@ -49,6 +49,7 @@ import httpx
 
 from omicsfs.emulator import platform_modules, sampledata
 from omicsfs.emulator.server import EmulatorProcess, free_port
+from omicsfs.mount import daemon_pid, is_mounted, mount_points
 
 HERE = Path(__file__).resolve().parent
 NULLFS = HERE / "nullfs.py"
@@ -76,19 +77,6 @@ def note(message: str) -> None:
 
 
 # -- mounts and processes ------------------------------------------------------------------------
-
-
-def _unescape_mountinfo(text: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def mount_points() -> list[str]:
-    with open("/proc/self/mountinfo") as mounts:
-        return [_unescape_mountinfo(line.split()[4]) for line in mounts]
-
-
-def is_mounted(path: Path) -> bool:
-    return os.path.realpath(path) in mount_points()
 
 
 def fuse_unmount(path: Path) -> None:
@@ -387,23 +375,11 @@ class Bench:
             )
             if result.returncode != 0 or not is_mounted(mountpoint):
                 raise RuntimeError(f"omicsfs mount failed: {result.stderr.strip()}\n{tail(log)}")
-            yield mountpoint, self._daemon_pid(mountpoint)
+            yield mountpoint, daemon_pid(mountpoint)
 
-    def _daemon_pid(self, mountpoint: Path) -> int | None:
-        """The daemon `omicsfs mount` left serving `mountpoint`, found by its command line."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"--foreground" in argv and str(mountpoint).encode() in argv:
-                return int(entry.name)
-        return None
 
     def _unmount_omicsfs(self, mountpoint: Path) -> None:
-        pid = self._daemon_pid(mountpoint)
+        pid = daemon_pid(mountpoint)
         if is_mounted(mountpoint):
             subprocess.run([*OMICSFS, "unmount", str(mountpoint)], capture_output=True, timeout=60, check=False)
             fuse_unmount(mountpoint)  # lazily, if `omicsfs unmount` could not

@@ -26,6 +26,8 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from omicsfs.mount import tune_device
+
 #: As omicsfs.mount.READ_AHEAD_KB: lets sequential readers get 1 MiB FUSE read requests.
 READ_AHEAD_KB = 1024
 FILE_NAME = b"zeros"
@@ -89,16 +91,6 @@ class NullFS(pyfuse3.Operations):
 
     async def read(self, fh, off, size):
         return bytes(max(0, min(size, self.size - off)))
-
-
-def tune_device(mountpoint: Path) -> None:
-    """Raise the FUSE device's readahead as omicsfs does (needs root; left alone otherwise)."""
-    device = os.stat(mountpoint).st_dev
-    setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
-    try:
-        setting.write_text(str(READ_AHEAD_KB))
-    except OSError as exc:
-        print(f"nullfs: readahead stays at the kernel default ({setting}: {exc.strerror})", file=sys.stderr)
 
 
 async def announce(mountpoint: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from omicsfs.emulator import Knobs
 from omicsfs.emulator.server import EmulatorProcess
-from omicsfs.mount import is_mounted
+from omicsfs.mount import daemon_pid, is_mounted
 
 #: The sample account's large file in tests: large next to the small memory caches tests mount with.
 TEST_LARGE_FILE = "64M"
@@ -70,17 +70,11 @@ class Mounted:
     secrets: list[str]
 
     def daemon_pid(self) -> int:
-        """The daemon serving this mount, found by its command line."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"--foreground" in argv and str(self.path).encode() in argv:
-                return int(entry.name)
-        raise LookupError(f"no daemon for {self.path}")
+        """The daemon serving this mount."""
+        pid = daemon_pid(self.path)
+        if pid is None:
+            raise LookupError(f"no daemon for {self.path}")
+        return pid
 
 
 def md5sums(paths: list[Path]) -> dict[Path, str]:
@@ -112,7 +106,7 @@ def mount(fresh_emulator, tmp_path):
         config = tmp_path / f"config{index}.toml"
         config.write_text(toml_config(platforms))
         config.chmod(0o600)
-        mountpoint = tmp_path / f"mnt{index}"
+        mountpoint = tmp_path / f"mount point {index}"  # a space, as users have in paths
         mountpoint.mkdir()
         log = tmp_path / f"omicsfs{index}.log"
         cache = cache_dir or tmp_path / f"cache{index}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,10 +41,14 @@ def mount_options() -> list[str]:
     return ["fsname=omicsfs", "subtype=omicsfs", "ro", "default_permissions", "noatime"]
 
 
-def is_mounted(mountpoint: Path) -> bool:
-    target = os.path.realpath(mountpoint)
+def mount_points() -> list[str]:
+    """Every mount point of this mount namespace (mountinfo escapes spaces and such as `\\040`)."""
     with open("/proc/self/mountinfo") as mounts:
-        return any(line.split()[4] == target for line in mounts)
+        return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in mounts]
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return os.path.realpath(mountpoint) in mount_points()
 
 
 def unmount(mountpoint: Path, lazy: bool = False) -> None:
@@ -53,6 +58,21 @@ def unmount(mountpoint: Path, lazy: bool = False) -> None:
     result = subprocess.run([*args, str(mountpoint)], capture_output=True, text=True)
     if result.returncode != 0:
         raise OmicsfsError(f"cannot unmount {mountpoint}: {result.stderr.strip() or result.returncode}")
+
+
+def daemon_pid(mountpoint: Path) -> int | None:
+    """The `omicsfs mount --foreground` process serving `mountpoint`, found by its command line."""
+    wanted = str(Path(mountpoint).absolute()).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--foreground" in argv and wanted in argv:
+            return int(entry.name)
+    return None
 
 
 def prepare_mountpoint(mountpoint: Path) -> None:
@@ -94,7 +114,7 @@ async def check_credentials(platforms: dict[str, Platform]) -> None:
         raise OmicsfsError("\n".join(sorted(failures)))
 
 
-def _tune_device(mountpoint: Path) -> None:
+def tune_device(mountpoint: Path) -> None:
     """Raise the FUSE device's readahead, when we may (root)."""
     device = os.stat(mountpoint).st_dev
     setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
@@ -131,7 +151,7 @@ async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> 
 
 async def _announce(mountpoint: Path, ready: Callable[[], None]) -> None:
     # In a thread: stat() on our own mount point needs the FUSE loop running to be answered.
-    await trio.to_thread.run_sync(_tune_device, mountpoint)
+    await trio.to_thread.run_sync(tune_device, mountpoint)
     log.info("mounted %s", mountpoint)
     ready()
 
