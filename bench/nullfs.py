@@ -26,6 +26,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from omicsfs.blockcache import BLOCK_SIZE
 from omicsfs.mount import tune_device
 
 #: As omicsfs.mount.READ_AHEAD_KB: lets sequential readers get 1 MiB FUSE read requests.
@@ -57,7 +58,7 @@ class NullFS(pyfuse3.Operations):
         else:
             attrs.st_mode, attrs.st_nlink, attrs.st_size = stat.S_IFREG | 0o444, 1, self.size
         attrs.st_uid, attrs.st_gid = self.uid, self.gid
-        attrs.st_blksize = 256 * 1024
+        attrs.st_blksize = BLOCK_SIZE  # as omicsfs reports
         attrs.st_blocks = -(-attrs.st_size // 512)
         return attrs
 
