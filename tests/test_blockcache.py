@@ -238,33 +238,49 @@ def test_disk_restart_removes_interrupted_writes(tmp_path):
     assert again.get(obj, 0) == data
 
 
-def _truncate(path: Path, obj: ObjectRef, data: bytes) -> None:
-    raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])
-
-
-def _truncate_into_header(path: Path, obj: ObjectRef, data: bytes) -> None:
-    path.write_bytes(path.read_bytes()[: HEADER - 3])
-
-
-def _flip_data_byte(path: Path, obj: ObjectRef, data: bytes) -> None:
+def _edit_record(disk: DiskCache, obj: ObjectRef, index: int, edit) -> None:
+    """Apply `edit(raw, offset)` to the segment file holding the block, whose record starts at offset."""
+    path, offset = disk._record(obj, index)
     raw = bytearray(path.read_bytes())
-    raw[HEADER + 1234] ^= 0x40
-    path.write_bytes(bytes(raw))
+    path.write_bytes(bytes(edit(raw, offset)))
 
 
-def _foreign_header(path: Path, obj: ObjectRef, data: bytes) -> None:
-    # A well-formed block, with a valid CRC, of another object.
+def _truncate(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
+    _edit_record(disk, obj, index, lambda raw, at: raw[: at + (HEADER + len(data)) // 2])
+
+
+def _truncate_into_header(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
+    _edit_record(disk, obj, index, lambda raw, at: raw[: at + HEADER - 3])
+
+
+def _flip_data_byte(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
+    def flip(raw: bytearray, at: int) -> bytearray:
+        raw[at + HEADER + 1234] ^= 0x40
+        return raw
+
+    _edit_record(disk, obj, index, flip)
+
+
+def _header(header: bytes):
+    def replace(raw: bytearray, at: int) -> bytearray:
+        raw[at : at + HEADER] = header
+        return raw
+
+    return replace
+
+
+def _foreign_header(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
+    # A well-formed header, with a valid CRC, of another object.
     other = ObjectRef.for_file("test", "someone else", "v1", obj.size)
-    path.write_bytes(DiskCache.HEADER.pack(DiskCache.MAGIC, other.digest, 1, len(data), zlib.crc32(data)) + data)
+    _edit_record(disk, obj, index, _header(DiskCache.HEADER.pack(DiskCache.MAGIC, other.digest, index, len(data), zlib.crc32(data))))
 
 
-def _wrong_index(path: Path, obj: ObjectRef, data: bytes) -> None:
-    path.write_bytes(DiskCache.HEADER.pack(DiskCache.MAGIC, obj.digest, 0, len(data), zlib.crc32(data)) + data)
+def _wrong_index(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
+    _edit_record(disk, obj, index, _header(DiskCache.HEADER.pack(DiskCache.MAGIC, obj.digest, index + 7, len(data), zlib.crc32(data))))
 
 
-def _wrong_magic(path: Path, obj: ObjectRef, data: bytes) -> None:
-    path.write_bytes(DiskCache.HEADER.pack(b"OTHERFMT", obj.digest, 1, len(data), zlib.crc32(data)) + data)
+def _wrong_magic(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
+    _edit_record(disk, obj, index, _header(DiskCache.HEADER.pack(b"OTHERFMT", obj.digest, index, len(data), zlib.crc32(data))))
 
 
 CORRUPTIONS = [_truncate, _truncate_into_header, _flip_data_byte, _foreign_header, _wrong_index, _wrong_magic]
@@ -277,7 +293,7 @@ def test_disk_discards_torn_block(tmp_path, caplog, corrupt):
     for index in range(3):
         disk.put(obj, index, block_of(data, index))
     path = disk._path(obj, 1)
-    corrupt(path, obj, block_of(data, 1))
+    corrupt(disk, obj, 1, block_of(data, 1))
     with caplog.at_level(logging.WARNING, logger="omicsfs.blockcache"):
         assert disk.get(obj, 1) is None
     assert any(path.name in record.getMessage() for record in caplog.records)
@@ -459,8 +475,7 @@ async def test_torn_disk_block_is_fetched_again(tmp_path, nursery, caplog, corru
     await first.get(obj, source, 2)
     assert len(source.calls) == 1
     await first.flush()
-    path = first.disk._path(obj, 1)
-    corrupt(path, obj, block_of(data, 1))
+    corrupt(first.disk, obj, 1, block_of(data, 1))
 
     # Remount: memory is empty, the disk holds the torn block.
     second = new_cache(tmp_path, nursery, disk_cache=DiskCache(tmp_path, 64 * ON_DISK))
@@ -481,7 +496,7 @@ async def test_prefetch_over_a_torn_block_still_serves_good_bytes(tmp_path, nurs
     first.prefetch(obj, source, 0, 2)
     await first.get(obj, source, 2)
     await first.flush()
-    _flip_data_byte(first.disk._path(obj, 1), obj, block_of(data, 1))
+    _flip_data_byte(first.disk, obj, 1, block_of(data, 1))
     second = new_cache(tmp_path, nursery, disk_cache=DiskCache(tmp_path, 64 * ON_DISK))
     second.prefetch(obj, source, 0, 2)
     assert [await second.get(obj, source, i) for i in range(3)] == [block_of(data, i) for i in range(3)]
@@ -579,3 +594,15 @@ async def test_stream_that_keeps_breaking_fails_every_waiter(tmp_path, nursery):
     assert len(caught) == 4 and len({id(e) for e in caught}) == 1
     assert isinstance(caught[0].__cause__, httpx.ReadError)
     assert cache._pending == {}
+
+
+async def test_a_run_of_consecutive_blocks_is_one_segment_file(tmp_path):
+    obj, data = make_object("segment", 5 * BLOCK_SIZE)
+    disk = DiskCache(tmp_path, 64 * ON_DISK)
+    await disk.put_async([(obj, index, block_of(data, index)) for index in (4, 0, 2, 1)])
+    assert len(files_on_disk(disk)) == 2, "blocks 0-2 in one segment, block 4 in another"
+    assert disk.used == sum(files_on_disk(disk).values()) == 4 * ON_DISK
+    # A remount finds every block from the segments' names and records.
+    again = DiskCache(tmp_path, 64 * ON_DISK)
+    assert [again.get(obj, index) for index in (0, 1, 2, 4)] == [block_of(data, index) for index in (0, 1, 2, 4)]
+    assert (obj, 3) not in again

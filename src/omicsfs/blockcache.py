@@ -5,16 +5,19 @@ region query touches the index and a few such blocks: with 64 KiB blocks it move
 (bench/: 0.05x of the sample BAM), where 256 KiB blocks moved 730 KB. Long sequential reads are
 not slowed by the small unit: they go out as ranged GETs of up to 16 MiB covering many blocks
 (see `reader.py`), and the same bench read a 1 GiB file as fast with either size. The cost is
-bookkeeping: 16384 blocks per GiB, each its own file in the disk cache.
+bookkeeping: 16384 blocks per GiB.
 
 The memory LRU is bounded in bytes (`cachetools.LRUCache` with `getsizeof=len`). The disk cache
-holds one file per block, each with a header naming the object and block and a CRC32 of the data,
-written to a temporary name and renamed: a torn or foreign block is detected, deleted and fetched
-again, never served. Its LRU order is the files' mtimes, so it survives remounts.
+holds segment files of consecutive blocks, each block with a header naming the object and block
+and a CRC32 of the data, written to a temporary name and renamed: a torn or foreign block is
+detected, dropped and fetched again, never served. Its LRU order is the files' mtimes, so it
+survives remounts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -52,7 +55,7 @@ class ObjectRef:
         identity = "\0".join((platform, uid, version, str(size))).encode()
         return cls(hashlib.blake2b(identity, digest_size=16).digest(), size)
 
-    @property
+    @functools.cached_property
     def hex(self) -> str:
         return self.digest.hex()
 
@@ -64,24 +67,37 @@ class ObjectRef:
 
 
 class DiskCache:
-    """Blocks on disk, bounded in bytes, least recently used evicted first."""
+    """Blocks on disk, bounded in bytes, the least recently used segment evicted first.
+
+    A segment file holds a run of consecutive blocks of one object (`<digest>.<first>.<count>`),
+    as records: a header naming the object and the block, with the data's length and CRC32, then
+    the data. One file per write of a run, not one per block: the writer thread must win the GIL
+    back after every system call, and a busy event loop makes each of those waits long. Segments
+    are written to a temporary name and renamed; a record whose header or CRC does not match is
+    discarded on read (with its segment), never served.
+    """
 
     HEADER = struct.Struct("<8s16sQII")  # magic, object digest, block index, data length, CRC32
     MAGIC = b"OMFSBLK1"
+    #: Where block i of a segment starts: every block but an object's last is BLOCK_SIZE long.
+    RECORD = HEADER.size + BLOCK_SIZE
 
     def __init__(self, directory: Path, capacity: int):
         self.directory = directory / "blocks"
         self.capacity = capacity
         self.used = 0
-        self._sizes: OrderedDict[str, int] = OrderedDict()  # path -> bytes on disk, oldest first
+        self._segments: OrderedDict[str, int] = OrderedDict()  # segment path -> bytes, oldest first
+        self._blocks: dict[tuple[bytes, int], tuple[str, int]] = {}  # (digest, index) -> (segment, offset)
         self._temporary_names = itertools.count()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # All 256 subdirectories up front, so that writing a segment never needs a mkdir.
+        for prefix in range(256):
+            (self.directory / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
         self._load()
 
     def _load(self) -> None:
         found = []
         for path in self.directory.glob("*/*"):
-            if path.suffix == ".tmp":  # a write cut short by a crash
+            if path.name.endswith(".tmp") or self._parse(path.name) is None:  # a write cut short, or litter
                 path.unlink(missing_ok=True)
                 continue
             try:
@@ -90,49 +106,70 @@ class DiskCache:
                 continue
             found.append((stat.st_mtime_ns, str(path), stat.st_size))
         self._commit([(path, size) for _, path, size in sorted(found)])
-        victims, _ = self._plan([])  # a cache made smaller since: the oldest go
-        self._write_blocks(victims, [])
+        self._write_segments(self._evict(0), [])  # a cache made smaller since: the oldest go
+
+    @staticmethod
+    def _parse(name: str) -> tuple[bytes, int, int] | None:
+        try:
+            digest, first, count = name.split(".")
+            return bytes.fromhex(digest), int(first), int(count)
+        except ValueError:
+            return None
+
+    def _segment(self, obj: ObjectRef, first: int, count: int) -> str:
+        digest = obj.hex
+        return f"{self.directory}/{digest[:2]}/{digest}.{first}.{count}"
+
+    def _record(self, obj: ObjectRef, index: int) -> tuple[Path, int] | None:
+        """The segment holding a block, and where in it the block's record starts."""
+        located = self._blocks.get((obj.digest, index))
+        return None if located is None else (Path(located[0]), located[1])
 
     def _path(self, obj: ObjectRef, index: int) -> Path:
-        return self.directory / obj.hex[:2] / f"{obj.hex}.{index}"
+        """The segment holding a block, or where a segment of just that block would be."""
+        located = self._blocks.get((obj.digest, index))
+        return Path(located[0] if located else self._segment(obj, index, 1))
 
     def __contains__(self, item: tuple[ObjectRef, int]) -> bool:
-        return str(self._path(*item)) in self._sizes
+        obj, index = item
+        return (obj.digest, index) in self._blocks
 
-    # The index (`_sizes`, `used`) is only touched on the caller's thread; `_write_blocks` only
-    # touches files, so `BlockCache` runs it in a worker thread. Reads stay on the event loop:
-    # a block is read and checked in about 0.1 ms, less than a thread hand-off costs.
+    # The index (`_segments`, `_blocks`, `used`) is only touched on the caller's thread;
+    # `_write_segments` only touches files, so `BlockCache` runs it in a worker thread. Reads stay
+    # on the event loop: a block is read and checked in well under a thread hand-off's time.
 
     def get(self, obj: ObjectRef, index: int) -> bytes | None:
-        if (obj, index) not in self:
+        located = self._blocks.get((obj.digest, index))
+        if located is None:
             return None
-        return self._loaded(obj, index, self._load_block(obj, index))
-
-    def put(self, obj: ObjectRef, index: int, data: bytes) -> None:
-        self._commit(self._write_blocks(*self._plan([(obj, index, data)])))
-
-    async def put_async(self, blocks: list[tuple[ObjectRef, int, bytes]]) -> None:
-        """`put` of many blocks, with the files written (and evicted ones deleted) in a worker thread."""
-        self._commit(await trio.to_thread.run_sync(self._write_blocks, *self._plan(blocks)))
-
-    def _loaded(self, obj: ObjectRef, index: int, data: bytes | None) -> bytes | None:
-        key = str(self._path(obj, index))
+        path, offset = located
+        data = self._read_record(path, offset, obj, index)
         if data is None:
-            self._forget(key)
-        elif key in self._sizes:
-            self._sizes.move_to_end(key)
+            self._drop(path)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        else:
+            self._segments.move_to_end(path)
         return data
 
-    def _load_block(self, obj: ObjectRef, index: int) -> bytes | None:
-        """The block's data if its file is whole and its own; else None (and a bad file is deleted)."""
-        path = self._path(obj, index)
+    def put(self, obj: ObjectRef, index: int, data: bytes) -> None:
+        self._commit(self._write_segments(*self._plan([(obj, index, data)])))
+
+    async def put_async(self, blocks: list[tuple[ObjectRef, int, bytes]]) -> None:
+        """`put` of many blocks, written (and evicted segments deleted) in a worker thread."""
+        self._commit(await trio.to_thread.run_sync(self._write_segments, *self._plan(blocks)))
+
+    def _read_record(self, path: str, offset: int, obj: ObjectRef, index: int) -> bytes | None:
+        """The block's data if its record is whole and its own, else None."""
+        name = f"{os.path.basename(path)}#{index}"
         try:
             with open(path, "rb") as file:
+                file.seek(offset)
                 header = file.read(self.HEADER.size)
-                data = file.read()
+                data = file.read(obj.block_length(index))
         except OSError as exc:  # gone, or unreadable: a miss either way, fetched again
             if not isinstance(exc, FileNotFoundError):
-                log.warning("cache: cannot read block %s: %s", path.name, exc)
+                log.warning("cache: cannot read block %s: %s", name, exc)
             return None
         try:
             magic, digest, stored_index, length, crc = self.HEADER.unpack(header)
@@ -146,67 +183,89 @@ class DiskCache:
             or length != obj.block_length(index)
             or crc != zlib.crc32(data)
         ):
-            log.warning("cache: discarding torn or corrupt block %s", path.name)
-            path.unlink(missing_ok=True)
+            log.warning("cache: discarding torn or corrupt block %s", name)
             return None
-        try:
+        with contextlib.suppress(OSError):
             os.utime(path)  # the LRU order a remount finds
-        except OSError:
-            pass
         return data
 
-    def _plan(self, blocks: list[tuple[ObjectRef, int, bytes]]) -> tuple[list[Path], list[tuple[ObjectRef, int, bytes]]]:
-        """The blocks worth writing, and the files to delete first so that they fit."""
-        wanted: dict[str, tuple[ObjectRef, int, bytes]] = {}
+    def _plan(self, blocks: list[tuple[ObjectRef, int, bytes]]) -> tuple[list[str], list[list[tuple[ObjectRef, int, bytes]]]]:
+        """The runs of blocks worth writing, and the segments to delete first so that they fit."""
+        wanted: dict[tuple[bytes, int], tuple[ObjectRef, int, bytes]] = {}
         for obj, index, data in blocks:
-            key = str(self._path(obj, index))
-            if key not in self._sizes and self.HEADER.size + len(data) <= self.capacity:
-                wanted[key] = (obj, index, data)
-        incoming = sum(self.HEADER.size + len(data) for _, _, data in wanted.values())
-        victims = []
-        while self._sizes and self.used + incoming > self.capacity:
-            key, size = self._sizes.popitem(last=False)
-            self.used -= size
-            victims.append(Path(key))
-        while wanted and incoming > self.capacity:  # more in one batch than the whole cache
-            _, (_, _, data) = wanted.popitem()
-            incoming -= self.HEADER.size + len(data)
-        return victims, list(wanted.values())
+            if (obj.digest, index) not in self._blocks and self.HEADER.size + len(data) <= self.capacity:
+                wanted[(obj.digest, index)] = (obj, index, data)
+        runs: list[list[tuple[ObjectRef, int, bytes]]] = []
+        for key in sorted(wanted):
+            block = wanted[key]
+            previous = runs[-1][-1] if runs else None
+            if previous and previous[0].digest == key[0] and previous[1] == key[1] - 1:
+                runs[-1].append(block)
+            else:
+                runs.append([block])
+        incoming = sum(self.HEADER.size + len(data) for run in runs for _, _, data in run)
+        while runs and incoming > self.capacity:  # more in one batch than the whole cache
+            incoming -= sum(self.HEADER.size + len(data) for _, _, data in runs.pop())
+        return self._evict(incoming), runs
 
-    def _write_blocks(self, victims: list[Path], blocks: list[tuple[ObjectRef, int, bytes]]) -> list[tuple[str, int]]:
+    def _evict(self, incoming: int) -> list[str]:
+        victims = []
+        while self._segments and self.used + incoming > self.capacity:
+            path = next(iter(self._segments))
+            self._drop(path)
+            victims.append(path)
+        return victims
+
+    def _write_segments(self, victims: list[str], runs: list[list[tuple[ObjectRef, int, bytes]]]) -> list[tuple[str, int]]:
+        # Runs in a worker thread: plain strings rather than pathlib, few system calls per segment.
         for victim in victims:
-            victim.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(victim)
         written = []
-        for obj, index, data in blocks:
-            path = self._path(obj, index)
+        for run in runs:
+            obj, first = run[0][0], run[0][1]
+            path = self._segment(obj, first, len(run))
             # A name of this writer's own: two caches (or processes) on one directory never collide.
-            temporary = path.with_name(f"{path.name}.{os.getpid()}-{next(self._temporary_names)}.tmp")
-            header = self.HEADER.pack(self.MAGIC, obj.digest, index, len(data), zlib.crc32(data))
+            temporary = f"{path}.{os.getpid()}-{next(self._temporary_names)}.tmp"
+            parts = []
+            for _, index, data in run:
+                parts += (self.HEADER.pack(self.MAGIC, obj.digest, index, len(data), zlib.crc32(data)), data)
+            size = sum(map(len, parts))
             try:
-                # Few system calls, each one a place where this thread waits for the GIL.
-                path.parent.mkdir(exist_ok=True)
                 descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
-                    if os.writev(descriptor, [header, data]) != len(header) + len(data):
-                        raise OSError(f"short write of {temporary.name}")
+                    if os.writev(descriptor, parts) != size:
+                        raise OSError(f"short write of {os.path.basename(temporary)}")
                 finally:
                     os.close(descriptor)
                 os.replace(temporary, path)
             except OSError as exc:
-                log.warning("cache: cannot write block %s: %s", path.name, exc)
-                temporary.unlink(missing_ok=True)
+                log.warning("cache: cannot write %s: %s", os.path.basename(path), exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
                 continue
-            written.append((str(path), self.HEADER.size + len(data)))
+            written.append((path, size))
         return written
 
     def _commit(self, written: list[tuple[str, int]]) -> None:
-        for key, size in written:
-            if key not in self._sizes:
-                self._sizes[key] = size
-                self.used += size
+        for path, size in written:
+            digest, first, count = self._parse(os.path.basename(path))
+            self._drop(path)  # rewritten: the new file replaced it
+            self._segments[path] = size
+            self.used += size
+            for position in range(count):
+                self._blocks[(digest, first + position)] = (path, position * self.RECORD)
 
-    def _forget(self, key: str) -> None:
-        self.used -= self._sizes.pop(key, 0)
+    def _drop(self, path: str) -> None:
+        """Forget a segment and the blocks it holds (the file is the caller's to delete)."""
+        size = self._segments.pop(path, None)
+        if size is None:
+            return
+        self.used -= size
+        digest, first, count = self._parse(os.path.basename(path))
+        for index in range(first, first + count):
+            if self._blocks.get((digest, index), ("",))[0] == path:
+                del self._blocks[(digest, index)]
 
 
 class _Pending:
@@ -331,13 +390,16 @@ class BlockCache:
                         async for chunk in source(index * BLOCK_SIZE, end):
                             self.stats.bytes_fetched += len(chunk)
                             buffer += chunk
-                            while index <= last and len(buffer) >= obj.block_length(index):
-                                length = obj.block_length(index)
-                                with memoryview(buffer) as view:  # one copy, not two
-                                    block = bytes(view[:length])
-                                del buffer[:length]
-                                self._store(obj, index, block)
-                                index += 1
+                            # Whole blocks are cut out of the buffer with one copy each, and
+                            # what they used is dropped once per chunk, not once per block.
+                            used = 0
+                            with memoryview(buffer) as view:
+                                while index <= last and len(buffer) - used >= obj.block_length(index):
+                                    length = obj.block_length(index)
+                                    self._store(obj, index, bytes(view[used : used + length]))
+                                    used += length
+                                    index += 1
+                            del buffer[:used]
                             if index > last:
                                 break  # a source that sends more than asked is not read further
                         if index <= last:
