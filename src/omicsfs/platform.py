@@ -128,9 +128,9 @@ class Platform(abc.ABC):
         """More on why a token may have been refused (an expiry the token states), or ""."""
         return ""
 
-    @abc.abstractmethod
     def root(self) -> Entry:
-        """The platform's top directory."""
+        """The platform's top directory, named as the config's table; `list_dir` gets its key `("top",)`."""
+        return Entry(self.name, True, ("top",))
 
     @abc.abstractmethod
     async def list_dir(self, entry: Entry) -> list[Entry]:

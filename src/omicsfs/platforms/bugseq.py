@@ -153,9 +153,6 @@ class BugSeq(Platform):
 
     # -- the tree --------------------------------------------------------------------------
 
-    def root(self) -> Entry:
-        return Entry(self.name, True, ("top",))
-
     async def list_dir(self, entry: Entry) -> list[Entry]:
         kind, *args = entry.key
         if kind == "top":

@@ -102,9 +102,6 @@ class Isabl(Platform):
 
     # -- the tree --------------------------------------------------------------------------
 
-    def root(self) -> Entry:
-        return Entry(self.name, True, ("top",))
-
     async def list_dir(self, entry: Entry) -> list[Entry]:
         kind, *args = entry.key
         if kind == "top":

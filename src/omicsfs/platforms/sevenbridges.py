@@ -115,9 +115,6 @@ class SevenBridges(Platform):
 
     # -- the tree --------------------------------------------------------------------------
 
-    def root(self) -> Entry:
-        return Entry(self.name, True, ("top",))
-
     async def list_dir(self, entry: Entry) -> list[Entry]:
         kind, *args = entry.key
         if kind == "top":
