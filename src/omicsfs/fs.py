@@ -15,7 +15,6 @@ import math
 import os
 import stat
 import time
-from collections.abc import Hashable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -56,8 +55,9 @@ class FileHandle:
     reader: FileReader | None = None
 
 
-def _meta_entries(entry: Entry, key: Hashable) -> list[Entry]:
+def _meta_entries(entry: Entry) -> list[Entry]:
     """`.json` and `.id` of an entity directory, as content-backed files."""
+    key = entry.key
     metas = []
     if entry.info is not None:
         content = (json.dumps(entry.info, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
@@ -83,7 +83,7 @@ class Filesystem(pyfuse3.Operations):
         self.cache = cache
         self.settings = settings or Settings()
         self.uid, self.gid = os.getuid(), os.getgid()
-        root = Entry("", True, "root", children=[platform.root() for platform in self.platforms.values()])
+        root = Entry("", True, "root")
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, root, None, "")}
         self._inodes_by_identity: dict[tuple, int] = {}
         self._next_inode = itertools.count(pyfuse3.ROOT_INODE + 1)
@@ -124,26 +124,21 @@ class Filesystem(pyfuse3.Operations):
         async with lock:  # concurrent lookups in one directory cause one listing
             if self._fresh(node):
                 return node.children  # type: ignore[return-value]
-            entry = node.entry
-            if entry.children is not None and node.children is None:
-                entries = entry.children  # learned together with the directory itself
-            elif node.platform is None:
-                entries = entry.children or []
+            entry, platform = node.entry, node.platform
+            if platform is None:  # the mount's root: one directory per configured platform
+                children = {name: self._child_node(node, name, each.root(), each) for name, each in self.platforms.items()}
             else:
-                try:
-                    entries = await node.platform.list_dir(entry)
-                except PlatformError as exc:
-                    log.error("%s: listing failed: %s", node.path or "/", exc)
-                    raise pyfuse3.FUSEError(exc.errno) from None
-            children: dict[str, int] = {}
-            if node.platform is None:  # the mount's root: one directory per configured platform
-                for platform_entry, platform in zip(entries, self.platforms.values()):
-                    children[platform.name] = self._child_node(node, platform.name, platform_entry, platform)
-            else:
-                metas = _meta_entries(entry, entry.key) if node.inode != pyfuse3.ROOT_INODE else []
+                if entry.children is not None and node.children is None:
+                    entries = entry.children  # learned together with the directory itself
+                else:
+                    try:
+                        entries = await platform.list_dir(entry)
+                    except PlatformError as exc:
+                        log.error("%s: listing failed: %s", node.path, exc)
+                        raise pyfuse3.FUSEError(exc.errno) from None
                 named = unique_names(entries, lambda e: e.name, lambda e: e.uid, reserved=META_FILES)
-                for name, child in [*named, *((meta.name, meta) for meta in metas)]:
-                    children[name] = self._child_node(node, name, child, node.platform)
+                named += [(meta.name, meta) for meta in _meta_entries(entry)]
+                children = {name: self._child_node(node, name, child, platform) for name, child in named}
             node.children = children
             node.listed_at = time.monotonic()
             return children
