@@ -273,3 +273,18 @@ def test_v2_datasets_appsessions_biosamples_and_quota(mount, account, local_copi
     usage = os.statvfs(root)
     assert usage.f_blocks * usage.f_frsize == statistics["Quota"] // usage.f_frsize * usage.f_frsize
     assert (usage.f_blocks - usage.f_bfree) * usage.f_frsize == pytest.approx(statistics["TotalSize"], rel=1e-3)
+
+
+def test_unreachable_platform_fails_the_mount_clearly(tmp_path):
+    from omicsfs.emulator.server import free_port
+
+    config = tmp_path / "config.toml"
+    url = f"http://127.0.0.1:{free_port()}/basespace"  # nothing listens there
+    config.write_text(toml_config({"basespace": {"kind": "basespace", "url": url, "token": "t"}}))
+    config.chmod(0o600)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = run_omicsfs("mount", str(mountpoint), "--config", str(config), "--log-file", str(tmp_path / "log"), check=False)
+    assert result.returncode != 0
+    assert f"BaseSpace at {url} did not answer" in result.stderr and "[platforms.basespace]" in result.stderr
+    assert not is_mounted(mountpoint)

@@ -123,6 +123,11 @@ class Platform(abc.ABC):
             ) from None
         except NotFound as exc:
             raise NotFound(f"{self.name}: no {self.title} API at {self.settings['url']} ({exc}); check the url of {where}") from None
+        except PlatformError as exc:
+            if exc.status is not None:
+                raise
+            # Retries exhausted: unreachable, or failing on every try.
+            raise PlatformError(f"{self.name}: {self.title} at {self.settings['url']} did not answer ({exc}); check the url of {where} and the network") from None
 
     def token_hint(self) -> str:
         """More on why a token may have been refused (an expiry the token states), or ""."""
