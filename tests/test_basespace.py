@@ -243,7 +243,8 @@ def test_daemon_memory_stays_within_the_cache_size(mount, emulator):
     assert large.stat().st_size > 3 * 16 * 1024 * 1024
 
 
-def test_v2_datasets_appsessions_biosamples_and_quota(mount, account, local_copies):
+def test_v2_datasets_appsessions_biosamples_and_quota(mount, fresh_emulator, account, local_copies):
+    fresh_emulator.knobs(page_cap=1)  # every V2 list, and every directory's files, come one per page
     root = mount().path / "basespace"
     project = root / "Projects/Tumor-Normal WGS"
     wgs = next(p for p in account["projects"] if p["Name"] == "Tumor-Normal WGS")
