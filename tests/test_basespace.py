@@ -289,3 +289,23 @@ def test_unreachable_platform_fails_the_mount_clearly(tmp_path):
     assert result.returncode != 0
     assert f"BaseSpace at {url} did not answer" in result.stderr and "[platforms.basespace]" in result.stderr
     assert not is_mounted(mountpoint)
+
+
+def test_the_daemon_forgets_what_the_kernel_forgets(mount, account):
+    mounted = mount()
+    runs = mounted.path / "basespace" / "Runs"
+    walk = [Path(d, n) for d, _, names in os.walk(runs) for n in names]
+    assert len(walk) > 1000
+    assert os.statvfs(mounted.path).f_files > 1000  # an inode for every name the walk met
+    # The kernel drops its dentry and inode caches (as under memory pressure) and tells the
+    # daemon, which drops its nodes too: its memory follows the kernel's caches, not the tree.
+    Path("/proc/sys/vm/drop_caches").write_text("2")
+    deadline = time.monotonic() + 30
+    while os.statvfs(mounted.path).f_files > 100 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert os.statvfs(mounted.path).f_files <= 100
+    # Nothing is lost: the same walk finds the same files, and their bytes.
+    assert sorted(Path(d, n) for d, _, names in os.walk(runs) for n in names) == sorted(walk)
+    (run,) = account["runs"]
+    info = next(f for f in run["files"] if f["Name"] == "RunInfo.xml")
+    assert hashlib.md5((runs / run["Name"] / "Files/RunInfo.xml").read_bytes()).hexdigest() == info["Md5"]

@@ -3,6 +3,10 @@
 Nothing here knows a platform: it sees `Entry` values and calls the `Platform` interface. The
 mount is read-only for now; the inode table keys nodes by (platform, key, version) so that a file
 whose content changed gets a new inode, and thereby a fresh page cache.
+
+A listing holds entries, not nodes: a node is made when the kernel learns of it (`lookup`,
+`readdir`) and dropped when the kernel forgets it, so the daemon holds what the kernel's own
+caches hold, however large the tree a `find` walked.
 """
 
 from __future__ import annotations
@@ -39,14 +43,19 @@ class Node:
     entry: Entry
     platform: Platform | None  # None for the mount's root
     path: str  # relative to the mount point, for log lines
-    children: dict[str, int] | None = None
+    identity: tuple = ()
+    #: A directory's listing: name → entry, as of `listed_at`.
+    children: dict[str, Entry] | None = None
     listed_at: float = -math.inf
     obj: ObjectRef | None = None
+    #: How many times the kernel was told of this inode and has not forgotten it.
+    lookups: int = 0
 
 
 @dataclass
 class DirHandle:
-    names: list[tuple[str, int]]
+    node: Node
+    names: list[tuple[str, Entry]]
 
 
 @dataclass
@@ -90,7 +99,7 @@ class Filesystem(pyfuse3.Operations):
         self._listing_locks: dict[int, trio.Lock] = {}
         self._handles: dict[int, DirHandle | FileHandle] = {}
         self._next_handle = itertools.count(1)
-        self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
+        self._usage: tuple[float, tuple[int, int]] | None = None
 
     # -- the inode table ---------------------------------------------------------------------
 
@@ -100,23 +109,30 @@ class Filesystem(pyfuse3.Operations):
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
-    def _child_node(self, parent: Node, name: str, entry: Entry, platform: Platform | None) -> int:
-        identity = (platform.name if platform else "", entry.key, entry.version)
+    def _child(self, parent: Node, name: str, entry: Entry) -> Node:
+        """The node of a directory's entry, made when the kernel is first told of it."""
+        platform = parent.platform or self.platforms[name]
+        identity = (platform.name, entry.key, entry.version)
         inode = self._inodes_by_identity.get(identity)
-        path = f"{parent.path}/{name}" if parent.path else name
-        if inode is None:
-            inode = next(self._next_inode)
-            self._inodes_by_identity[identity] = inode
-            node = Node(inode, entry, platform, path)
-            self.nodes[inode] = node
-        else:
+        if inode is not None:
             node = self.nodes[inode]
-            node.entry, node.path = entry, path
-        if not entry.is_dir and entry.content is None and platform is not None:
+            node.entry = entry
+            return node
+        inode = next(self._next_inode)
+        path = f"{parent.path}/{name}" if parent.path else name
+        node = Node(inode, entry, platform, path, identity)
+        if not entry.is_dir and entry.content is None:
             node.obj = ObjectRef.for_file(platform.name, entry.uid or repr(entry.key), entry.version, entry.size)
-        return inode
+        self._inodes_by_identity[identity] = inode
+        self.nodes[inode] = node
+        return node
 
-    async def listing(self, node: Node) -> dict[str, int]:
+    def _told(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The attributes of a node the kernel is being told of (and will forget in time)."""
+        node.lookups += 1
+        return self.attributes(node)
+
+    async def listing(self, node: Node) -> dict[str, Entry]:
         """Name → inode for a directory, listed again once older than the metadata TTL."""
         if self._fresh(node):
             return node.children  # type: ignore[return-value]
@@ -126,7 +142,7 @@ class Filesystem(pyfuse3.Operations):
                 return node.children  # type: ignore[return-value]
             entry, platform = node.entry, node.platform
             if platform is None:  # the mount's root: one directory per configured platform
-                children = {name: self._child_node(node, name, each.root(), each) for name, each in self.platforms.items()}
+                children = {name: each.root() for name, each in self.platforms.items()}
             else:
                 if entry.children is not None and node.children is None:
                     entries = entry.children  # learned together with the directory itself
@@ -138,7 +154,11 @@ class Filesystem(pyfuse3.Operations):
                         raise pyfuse3.FUSEError(exc.errno) from None
                 named = unique_names(entries, lambda e: e.name, lambda e: e.uid, reserved=META_FILES)
                 named += [(meta.name, meta) for meta in _meta_entries(entry)]
-                children = {name: self._child_node(node, name, child, platform) for name, child in named}
+                children = dict(named)
+            for name, child in children.items():  # nodes the kernel knows see the new answer
+                inode = self._inodes_by_identity.get((platform.name if platform else name, child.key, child.version))
+                if inode is not None:
+                    self.nodes[inode].entry = child
             node.children = children
             node.listed_at = time.monotonic()
             return children
@@ -182,15 +202,15 @@ class Filesystem(pyfuse3.Operations):
         if text == ".":
             return self.attributes(parent)
         children = await self.listing(parent)
-        inode = children.get(text)
-        if inode is None:
+        entry = children.get(text)
+        if entry is None:
             # A negative entry: the kernel may remember the name is absent for as long as our
             # listing says so, sparing tools that probe for optional files (.csi, .crai) a call each.
             absent = pyfuse3.EntryAttributes()
             absent.st_ino = 0
             absent.entry_timeout = self.settings.metadata_ttl
             return absent
-        return self.attributes(self.nodes[inode])
+        return self._told(self._child(parent, text, entry))
 
     async def getattr(self, inode, ctx=None):
         return self.attributes(self._node(inode))
@@ -202,17 +222,22 @@ class Filesystem(pyfuse3.Operations):
         children = await self.listing(node)
         handle = next(self._next_handle)
         # A snapshot, so that a listing refreshed between two readdir calls skips or repeats nothing.
-        self._handles[handle] = DirHandle(sorted(children.items()))
+        self._handles[handle] = DirHandle(node, sorted(children.items(), key=lambda item: item[0]))
         return handle
 
     async def readdir(self, fh, start_id, token):
         handle = self._handles[fh]
         assert isinstance(handle, DirHandle)
         for position in range(start_id, len(handle.names)):
-            name, inode = handle.names[position]
-            # readdirplus: the attributes go with the names, so `ls -l` needs no lookup per entry.
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(self.nodes[inode]), position + 1):
+            name, entry = handle.names[position]
+            node = self._child(handle.node, name, entry)
+            # readdirplus: the attributes go with the names, so `ls -l` needs no lookup per entry;
+            # each name the kernel takes counts as a lookup it will forget.
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), position + 1):
+                if not node.lookups:
+                    self._drop(node)  # not taken: the next readdir call starts here again
                 return
+            node.lookups += 1
 
     async def releasedir(self, fh):
         self._handles.pop(fh, None)
@@ -268,11 +293,21 @@ class Filesystem(pyfuse3.Operations):
         return [f"{XATTR_PREFIX}{key}".encode() for key in node.entry.xattrs]
 
     async def statfs(self, ctx):
-        # Asked often (by `df`, and by some tools before every write): cached like listings.
-        if self._statfs is not None and time.monotonic() - self._statfs[0] < self.settings.metadata_ttl:
-            return self._statfs[1]
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = BLOCK_SIZE
+        total, used = await self._space_usage()
+        data.f_blocks = total // BLOCK_SIZE
+        data.f_bfree = data.f_bavail = max(0, total - used) // BLOCK_SIZE
+        data.f_files = len(self.nodes)  # the inodes the daemon holds now
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    async def _space_usage(self) -> tuple[int, int]:
+        """The platforms' quota and usage, summed; asked often (`df`, some tools before every
+        write), so cached like listings."""
+        if self._usage is not None and time.monotonic() - self._usage[0] < self.settings.metadata_ttl:
+            return self._usage[1]
         total = used = 0
         for platform in self.platforms.values():
             try:
@@ -282,15 +317,21 @@ class Filesystem(pyfuse3.Operations):
                 usage = None
             if usage is not None:
                 total, used = total + usage.total, used + usage.used
-        data.f_blocks = total // BLOCK_SIZE
-        data.f_bfree = data.f_bavail = max(0, total - used) // BLOCK_SIZE
-        data.f_files = len(self.nodes)
-        data.f_ffree = data.f_favail = 0
-        data.f_namemax = 255
-        self._statfs = (time.monotonic(), data)
-        return data
+        self._usage = (time.monotonic(), (total, used))
+        return total, used
 
     async def forget(self, inode_list):
-        # Nodes stay for the life of the mount: inode numbers stay stable, and a node costs
-        # a few hundred bytes. Dropping them is left for when listings of millions need it.
-        return
+        for inode, count in inode_list:
+            node = self.nodes.get(inode)
+            if node is None or inode == pyfuse3.ROOT_INODE:
+                continue
+            node.lookups -= count
+            if node.lookups <= 0:
+                self._drop(node)
+
+    def _drop(self, node: Node) -> None:
+        """Forget a node and its listing; open files keep their node through their handle."""
+        self.nodes.pop(node.inode, None)
+        if self._inodes_by_identity.get(node.identity) == node.inode:
+            del self._inodes_by_identity[node.identity]
+        self._listing_locks.pop(node.inode, None)
