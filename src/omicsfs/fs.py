@@ -109,9 +109,12 @@ class Filesystem(pyfuse3.Operations):
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
+    def _platform_of(self, parent: Node, name: str) -> Platform:
+        return parent.platform or self.platforms[name]  # the root's entries are the platforms
+
     def _child(self, parent: Node, name: str, entry: Entry) -> Node:
         """The node of a directory's entry, made when the kernel is first told of it."""
-        platform = parent.platform or self.platforms[name]
+        platform = self._platform_of(parent, name)
         identity = (platform.name, entry.key, entry.version)
         inode = self._inodes_by_identity.get(identity)
         if inode is not None:
@@ -133,7 +136,7 @@ class Filesystem(pyfuse3.Operations):
         return self.attributes(node)
 
     async def listing(self, node: Node) -> dict[str, Entry]:
-        """Name → inode for a directory, listed again once older than the metadata TTL."""
+        """Name → entry for a directory, listed again once older than the metadata TTL."""
         if self._fresh(node):
             return node.children  # type: ignore[return-value]
         lock = self._listing_locks.setdefault(node.inode, trio.Lock())
@@ -156,7 +159,7 @@ class Filesystem(pyfuse3.Operations):
                 named += [(meta.name, meta) for meta in _meta_entries(entry)]
                 children = dict(named)
             for name, child in children.items():  # nodes the kernel knows see the new answer
-                inode = self._inodes_by_identity.get((platform.name if platform else name, child.key, child.version))
+                inode = self._inodes_by_identity.get((self._platform_of(node, name).name, child.key, child.version))
                 if inode is not None:
                     self.nodes[inode].entry = child
             node.children = children
