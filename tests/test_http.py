@@ -191,7 +191,7 @@ def test_retry_backoff_is_bounded():
     policy = RetryPolicy(attempts=8, base_delay=0.2, max_delay=5.0)
     for attempt in range(12):
         for _ in range(20):
-            assert 0 <= policy.backoff(attempt) <= min(5.0, 0.2 * 2**attempt)
+            assert min(5.0, 0.2 * 2**attempt) / 2 <= policy.backoff(attempt) <= min(5.0, 0.2 * 2**attempt)
 
 
 # -- Http: success, retries, rate limits ----------------------------------------------------------

@@ -15,7 +15,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cachetools
 import httpcore
@@ -60,10 +60,14 @@ class RetryPolicy:
     attempts: int = 8
     base_delay: float = 0.2
     max_delay: float = 20.0
+    #: The jitter's source; tests give a seeded one.
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, so many waiting readers do not retry in step."""
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        """Exponential backoff with "equal jitter": at least half the step, so a retry always pauses,
+        and a random rest, so many waiting readers do not retry in step."""
+        step = min(self.max_delay, self.base_delay * 2**attempt)
+        return step / 2 + self.rng.uniform(0, step / 2)
 
 
 def server_delay(response: httpx.Response) -> float | None:
@@ -155,7 +159,7 @@ class Http:
                     raise error_for_status(status, f"{what}: {reason}")
                 cause = reason
                 asked = server_delay(response)
-                delay = self.retry.backoff(attempt) if asked is None else asked + random.uniform(0, 0.1)
+                delay = self.retry.backoff(attempt) if asked is None else asked + self.retry.rng.uniform(0, 0.1)
                 if delay > self.retry.max_delay * 3:
                     raise PlatformError(f"{what}: {reason}; the server asks to wait {delay:.0f} s, giving up")
             if attempt + 1 < self.retry.attempts:
