@@ -540,60 +540,45 @@ async def test_unexpected_source_error_reaches_waiters_and_is_logged(tmp_path, n
     assert any(record.exc_info for record in caplog.records)
 
 
-async def test_stream_broken_mid_body_is_resumed(tmp_path, nursery, caplog):
+async def test_blocks_received_before_a_break_are_kept(tmp_path, nursery):
+    """The source resumes what the network cuts (`Http.read_range`, tested in test_http.py); one
+    that fails anyway fails the blocks not yet received, and keeps those that were."""
     obj, data = make_object("resume", 4 * BLOCK_SIZE + 1000)
-    # The first request breaks 1.5 blocks in: block 0 is whole, block 1 is not.
+    # The request breaks 1.5 blocks in: block 0 is whole, block 1 is not.
     source = FakeSource(data, chunk=50_000, breaks=[BLOCK_SIZE + BLOCK_SIZE // 2])
     cache = new_cache(tmp_path, nursery)
-    with caplog.at_level(logging.INFO, logger="omicsfs.blockcache"):
-        cache.prefetch(obj, source, 0, 4)
-        assert [await cache.get(obj, source, i) for i in range(5)] == [block_of(data, i) for i in range(5)]
-    assert source.calls == [(0, len(data)), (BLOCK_SIZE, len(data))]
-    assert cache.stats.requests == 2
-    assert any("resuming" in r.getMessage() for r in caplog.records)
-    # What is on disk is right too.
-    await cache.flush()
-    fresh = DiskCache(tmp_path, 64 * ON_DISK)
-    assert b"".join(fresh.get(obj, i) for i in range(5)) == data
-
-
-async def test_stream_broken_twice_is_resumed_each_time(tmp_path, nursery):
-    obj, data = make_object("resume-twice", 4 * BLOCK_SIZE)
-    source = FakeSource(data, chunk=30_000, breaks=[BLOCK_SIZE - 1, 2 * BLOCK_SIZE + 10])
-    cache = new_cache(tmp_path, nursery)
-    cache.prefetch(obj, source, 0, 3)
-    assert b"".join([await cache.get(obj, source, i) for i in range(4)]) == data
-    assert source.calls == [(0, len(data)), (0, len(data)), (2 * BLOCK_SIZE, len(data))]
-
-
-async def test_body_ending_early_is_resumed(tmp_path, nursery):
-    obj, data = make_object("short", 3 * BLOCK_SIZE)
-    source = FakeSource(data, short=BLOCK_SIZE + 7)  # the first body just stops, without an error
-    cache = new_cache(tmp_path, nursery)
-    cache.prefetch(obj, source, 0, 2)
-    assert b"".join([await cache.get(obj, source, i) for i in range(3)]) == data
-    assert source.calls == [(0, len(data)), (BLOCK_SIZE, len(data))]
-
-
-async def test_stream_that_keeps_breaking_fails_every_waiter(tmp_path, nursery):
-    obj, data = make_object("broken", 3 * BLOCK_SIZE)
-    source = FakeSource(data, chunk=10_000, breaks=[100] * 10)
-    cache = new_cache(tmp_path, nursery)
-    caught = []
+    cache.prefetch(obj, source, 0, 4)
+    outcomes: dict[int, object] = {}
 
     async def reader(index):
-        with pytest.raises(PlatformError) as info:
-            await cache.get(obj, source, index)
-        caught.append(info.value)
+        try:
+            outcomes[index] = await cache.get(obj, source, index)
+        except httpx.ReadError as exc:
+            outcomes[index] = exc
 
-    cache.prefetch(obj, source, 0, 2)
     async with trio.open_nursery() as readers:
-        for index in (0, 1, 2, 2):
+        for index in range(5):
             readers.start_soon(reader, index)
-    assert len(source.calls) == BlockCache.RESUMES + 1
-    assert len(caught) == 4 and len({id(e) for e in caught}) == 1
-    assert isinstance(caught[0].__cause__, httpx.ReadError)
+    assert outcomes[0] == block_of(data, 0)
+    assert all(isinstance(outcomes[index], httpx.ReadError) for index in range(1, 5))
+    assert source.calls == [(0, len(data))]
     assert cache._pending == {}
+    # The failure is not cached: the next read of each failed block asks again.
+    assert [await cache.get(obj, source, i) for i in range(1, 5)] == [block_of(data, i) for i in range(1, 5)]
+    assert source.calls[1:] == [(i * BLOCK_SIZE, min(len(data), (i + 1) * BLOCK_SIZE)) for i in range(1, 5)]
+
+
+async def test_body_ending_early_fails_the_blocks_it_did_not_send(tmp_path, nursery):
+    obj, data = make_object("short", 3 * BLOCK_SIZE)
+    source = FakeSource(data, short=BLOCK_SIZE + 7)  # the body just stops, without an error
+    cache = new_cache(tmp_path, nursery)
+    cache.prefetch(obj, source, 0, 2)
+    assert await cache.get(obj, source, 0) == block_of(data, 0)
+    with pytest.raises(PlatformError, match="ended at block 1"):
+        await cache.get(obj, source, 1)
+    assert cache._pending == {}  # block 2 failed with it, and is not cached
+    assert await cache.get(obj, source, 2) == block_of(data, 2)
+    assert source.calls == [(0, len(data)), (2 * BLOCK_SIZE, len(data))]
 
 
 async def test_a_run_of_consecutive_blocks_is_one_segment_file(tmp_path):

@@ -367,16 +367,37 @@ async def test_read_range_refused(client_for):
     assert_redacted(str(info.value))
 
 
-async def test_read_range_cut_mid_body_raises_a_transport_error(client_for):
-    """The block cache resumes on `httpx.TransportError`: a cut body must reach it as one."""
-    server = Server(lambda request: httpx.Response(206, stream=Body(DATA, cut_after=3000)))
-    http = http_for(client_for, server)
+def cut_ranged(cut_after: int):
+    """Like `ranged`, but every body is cut off after `cut_after` bytes."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        first, last = request.headers["range"].removeprefix("bytes=").split("-")
+        part = DATA[int(first) : int(last) + 1]
+        return httpx.Response(206, stream=Body(part, cut_after=cut_after), headers={"Content-Range": f"bytes {first}-{last}/{len(DATA)}"})
+
+    return answer
+
+
+async def test_read_range_resumes_a_cut_body_where_it_stopped(client_for, autojump_clock):
+    server = Server(cut_ranged(cut_after=6000))
+    http = http_for(client_for, server, attempts=8)
     received = bytearray()
-    with pytest.raises(httpx.TransportError):
-        async for chunk in http.read_range(SIGNED, 0, len(DATA), what="f"):
-            received += chunk
-    assert bytes(received) == DATA[:3000]
-    assert len(server.requests) == 1
+    async for chunk in http.read_range(SIGNED, 0, len(DATA), what="f"):
+        received += chunk
+    assert bytes(received) == DATA
+    assert [r.headers["range"] for r in server.requests] == ["bytes=0-16383", "bytes=6000-16383", "bytes=12000-16383"]
+    assert all(gap >= 0.25 for gap in server.gaps), "each resume waits at least half its backoff step"
+
+
+async def test_read_range_gives_up_on_a_body_cut_every_time(client_for, autojump_clock):
+    server = Server(cut_ranged(cut_after=0))
+    http = http_for(client_for, server, attempts=4)
+    with pytest.raises(PlatformError) as info:
+        async for _ in http.read_range(SIGNED, 0, len(DATA), what="f"):
+            pass
+    assert len(server.requests) == 4
+    assert "gave up after 4 attempts" in str(info.value) and "ReadError" in str(info.value)
+    assert_redacted(str(info.value))
 
 
 # -- PresignedURLs --------------------------------------------------------------------------------
@@ -461,7 +482,7 @@ async def test_presigned_read_range_gives_up_after_a_second_403(client_for):
 async def test_presigned_read_resumed_later_uses_a_fresh_url(client_for, monkeypatch):
     """A read resumed after the URL's expiry (e.g. by the block cache) resolves again first."""
     now = [time.time()]
-    monkeypatch.setattr(omicsfs.http, "time", types.SimpleNamespace(time=lambda: now[0]))  # http.py's clock only
+    monkeypatch.setattr(omicsfs.http, "time", types.SimpleNamespace(time=lambda: now[0], monotonic=time.monotonic))  # http.py's clock only
     server = Server(ranged)
     resolver = Resolver(lifetime=60)  # resolves with the real clock: expires at about now[0] + 60
     resolver_time = now[0]

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cachetools
-import httpx
 import trio
 
 from omicsfs.errors import PlatformError
@@ -306,8 +305,6 @@ class BlockCache:
 
     #: Largest range one GET asks for; longer runs are split so that several requests stream at once.
     MAX_REQUEST = 16 * 1024 * 1024
-    #: Mid-body failures (a connection cut after the headers) are resumed this many times.
-    RESUMES = 3
     #: The most bytes of blocks waiting to be written to disk (an eighth of the memory cache if
     #: less, since a queued block the memory LRU dropped is memory of its own), and the most
     #: blocks written in one go.
@@ -380,35 +377,29 @@ class BlockCache:
     async def _fetch(self, obj: ObjectRef, source: Source, first: int, last: int) -> None:
         index = first
         end = min(obj.size, (last + 1) * BLOCK_SIZE)
-        resumes = 0
         try:
             async with self._requests:
-                while index <= last:
-                    buffer = bytearray()
-                    try:
-                        self.stats.requests += 1
-                        async for chunk in source(index * BLOCK_SIZE, end):
-                            self.stats.bytes_fetched += len(chunk)
-                            buffer += chunk
-                            # Whole blocks are cut out of the buffer with one copy each, and
-                            # what they used is dropped once per chunk, not once per block.
-                            used = 0
-                            with memoryview(buffer) as view:
-                                while index <= last and len(buffer) - used >= obj.block_length(index):
-                                    length = obj.block_length(index)
-                                    self._store(obj, index, bytes(view[used : used + length]))
-                                    used += length
-                                    index += 1
-                            del buffer[:used]
-                            if index > last:
-                                break  # a source that sends more than asked is not read further
-                        if index <= last:
-                            raise httpx.RemoteProtocolError("the body ended before the range did")
-                    except (httpx.TransportError, httpx.StreamError) as exc:
-                        resumes += 1
-                        if resumes > self.RESUMES:
-                            raise PlatformError(f"reading stopped {resumes} times; last: {type(exc).__name__}") from exc
-                        log.info("fetch cut short at block %d (%s); resuming", index, type(exc).__name__)
+                buffer = bytearray()
+                self.stats.requests += 1
+                # The source retries and resumes what the network cuts (see `Http.read_range`):
+                # what reaches here is the range, or an error for every waiter.
+                async for chunk in source(index * BLOCK_SIZE, end):
+                    self.stats.bytes_fetched += len(chunk)
+                    buffer += chunk
+                    # Whole blocks are cut out of the buffer with one copy each, and
+                    # what they used is dropped once per chunk, not once per block.
+                    used = 0
+                    with memoryview(buffer) as view:
+                        while index <= last and len(buffer) - used >= obj.block_length(index):
+                            length = obj.block_length(index)
+                            self._store(obj, index, bytes(view[used : used + length]))
+                            used += length
+                            index += 1
+                    del buffer[:used]
+                    if index > last:
+                        break  # a source that sends more than asked is not read further
+                if index <= last:
+                    raise PlatformError(f"the source ended at block {index} of {first}-{last}")
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else PlatformError("fetch cancelled")
             for remaining in range(index, last + 1):

@@ -15,6 +15,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import NoReturn, TypeVar
 from dataclasses import dataclass, field
 
 import cachetools
@@ -25,6 +26,8 @@ import trio
 from omicsfs.errors import AccessDenied, PlatformError, error_for_status
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 #: Statuses worth another try: rate limiting and server-side failures.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -112,12 +115,124 @@ def error_detail(response: httpx.Response) -> str:
     return ""
 
 
+#: Failures of the transport, at any point of a request: worth another try. Cut bodies and bad
+#: chunked encoding are `RemoteProtocolError`s; a body that fails to decompress is a `DecodingError`.
+RETRY_EXCEPTIONS = (httpx.TransportError, httpx.DecodingError)
+#: Redirects followed for one GET (Django's APPEND_SLASH, FastAPI's slash redirects, a moved API).
+MAX_REDIRECTS = 5
+#: Headers that may follow a redirect to another origin: nothing that could carry a credential.
+_PORTABLE_HEADERS = frozenset({"range", "accept", "accept-encoding", "user-agent"})
+
+
+def _ok(status: int) -> bool:
+    return 200 <= status < 300
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth another: `cause` for the log, `delay` if the server asked one."""
+
+    def __init__(self, cause: str, delay: float | None = None):
+        super().__init__(cause)
+        self.cause = cause
+        self.delay = delay
+
+
 class Http:
-    """Requests with retries on connection errors, timeouts, 5xx and 429."""
+    """Requests with retries on connection errors, timeouts, cut bodies, 5xx and 429.
+
+    One policy for every request omicsfs makes, API call or store read: a failure of the transport
+    anywhere in the exchange (before the headers, or in the middle of a body) and a retryable
+    status are tried again with backoff up to `retry.attempts` times, then reported with what the
+    request was for and the last cause.
+    """
 
     def __init__(self, client: httpx.AsyncClient, retry: RetryPolicy = RetryPolicy()):
         self.client = client
         self.retry = retry
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[R]]) -> R:
+        """`attempt()` until it returns, retrying whatever it raises as `_Retry`."""
+        cause = ""
+        for number in range(self.retry.attempts):
+            try:
+                return await attempt()
+            except _Retry as failure:
+                cause = failure.cause
+                delay = self.retry.backoff(number) if failure.delay is None else failure.delay
+                if delay > self.retry.max_delay * 3:
+                    raise PlatformError(f"{what}: {cause}; the server asks to wait {delay:.0f} s, giving up") from None
+            if number + 1 < self.retry.attempts:
+                log.warning("%s: %s; retry %d/%d in %.1f s", what, cause, number + 1, self.retry.attempts - 1, delay)
+                await trio.sleep(delay)
+        raise PlatformError(f"{what}: gave up after {self.retry.attempts} attempts; last: {cause}")
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        headers: dict[str, str] | None,
+        params: dict | None,
+        json_body: object,
+        content: bytes | None,
+        auth: httpx.Auth | None,
+        ok: Callable[[int], bool],
+        follow_redirects: bool | None,
+    ) -> httpx.Response:
+        """One attempt: the response once its headers are in (its body unread), if `ok` says so.
+
+        Redirects of a GET or HEAD are followed unless `follow_redirects` is False; the credentials
+        (`auth`, and every header but a few harmless ones) go only to the origin of `url`. Any
+        other redirect is an error that names it, never a body to parse.
+        """
+        request = self.client.build_request(method, url, headers=headers, params=params, json=json_body, content=content)
+        origin = _origin(request.url)
+        follow = method in ("GET", "HEAD") if follow_redirects is None else follow_redirects
+        for _ in range(MAX_REDIRECTS + 1):
+            started = time.monotonic()
+            try:
+                response = await self.client.send(request, stream=True, auth=auth if _origin(request.url) == origin else None)
+            except RETRY_EXCEPTIONS as exc:
+                raise _Retry(f"{type(exc).__name__} on {method} {redact_url(request.url)}") from None
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: %s %s%s answered %d in %.3f s", what, method, redact_url(request.url),
+                          f" ({request.headers['range']})" if "range" in request.headers else "", response.status_code,
+                          time.monotonic() - started)
+            if ok(response.status_code):
+                return response
+            if response.is_redirect and follow:
+                await response.aclose()
+                target = request.url.join(response.headers["location"])
+                portable = {k: v for k, v in request.headers.items() if k.lower() in _PORTABLE_HEADERS}
+                request = self.client.build_request(
+                    method, target, headers=request.headers if _origin(target) == origin else portable
+                )
+                continue
+            await self._refuse(response, method, what)
+        raise PlatformError(f"{what}: {method} {redact_url(url)}: more than {MAX_REDIRECTS} redirects")
+
+    async def _refuse(self, response: httpx.Response, method: str, what: str) -> NoReturn:
+        """Raise what a response that is not `ok` stands for: `_Retry` or the error it maps to."""
+        try:
+            await response.aread()
+        except RETRY_EXCEPTIONS:
+            pass  # the status says enough
+        finally:
+            await response.aclose()
+        status = response.status_code
+        reason = f"{method} {redact_url(response.request.url)} answered {status} {response.reason_phrase}"
+        if response.is_redirect:
+            reason += f" (to {redact_url(response.request.url.join(response.headers['location']))}, not followed)"
+        reason += error_detail(response)
+        if status not in RETRY_STATUSES:
+            raise error_for_status(status, f"{what}: {reason}")
+        asked = server_delay(response)
+        raise _Retry(reason, None if asked is None else asked + self.retry.rng.uniform(0, 0.1))
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -129,56 +244,50 @@ class Http:
         headers: dict[str, str] | None = None,
         params: dict | None = None,
         json_body: object = None,
-        ok: Callable[[int], bool] = lambda status: status < 400,
+        content: bytes | None = None,
+        auth: httpx.Auth | None = None,
+        ok: Callable[[int], bool] = _ok,
+        follow_redirects: bool | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """Send a request and yield the response once its headers are in; the body is read by the caller.
 
-        `what` names what the request is for (a path in the mount, an API object); it leads every
-        log line and error message.
+        Failures before the headers are retried here; the caller handles its own body (see
+        `request` and `read_range`, which retry failures in the body too). `what` names what the
+        request is for (a path in the mount, an API object); it leads every log line and error.
         """
-        cause = ""
-        for attempt in range(self.retry.attempts):
-            request = self.client.build_request(method, url, headers=headers, params=params, json=json_body)
-            try:
-                response = await self.client.send(request, stream=True)
-            except httpx.TransportError as exc:
-                cause = f"{type(exc).__name__} on {method} {redact_url(url)}"
-                delay = self.retry.backoff(attempt)
-            else:
-                if ok(response.status_code):
-                    try:
-                        yield response
-                    finally:
-                        await response.aclose()
-                    return
-                await response.aread()
-                await response.aclose()
-                status = response.status_code
-                reason = f"{method} {redact_url(url)} answered {status} {response.reason_phrase}{error_detail(response)}"
-                if status not in RETRY_STATUSES:
-                    raise error_for_status(status, f"{what}: {reason}")
-                cause = reason
-                asked = server_delay(response)
-                delay = self.retry.backoff(attempt) if asked is None else asked + self.retry.rng.uniform(0, 0.1)
-                if delay > self.retry.max_delay * 3:
-                    raise PlatformError(f"{what}: {reason}; the server asks to wait {delay:.0f} s, giving up")
-            if attempt + 1 < self.retry.attempts:
-                log.warning("%s: %s; retry %d/%d in %.1f s", what, cause, attempt + 1, self.retry.attempts - 1, delay)
-                await trio.sleep(delay)
-        raise PlatformError(f"{what}: gave up after {self.retry.attempts} attempts; last: {cause}")
-
-    async def request(self, method: str, url: str, *, what: str, **kwargs) -> httpx.Response:
-        """Like `stream`, with the body read."""
-        async with self.stream(method, url, what=what, **kwargs) as response:
-            await response.aread()
-            return response
-
-    async def get_json(self, url: str, *, what: str, **kwargs) -> object:
-        response = await self.request("GET", url, what=what, **kwargs)
+        options = dict(headers=headers, params=params, json_body=json_body, content=content, auth=auth, ok=ok,
+                       follow_redirects=follow_redirects)
+        response = await self._retrying(what, lambda: self._send(method, url, what=what, **options))
         try:
-            return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PlatformError(f"{what}: GET {redact_url(url)} answered with a body that is not JSON") from exc
+            yield response
+        finally:
+            await response.aclose()
+
+    async def request(self, method: str, url: str, *, what: str, **options) -> httpx.Response:
+        """Like `stream`, with the body read: a body cut short is a failed attempt, tried again."""
+        return await self._retrying(what, lambda: self._whole(method, url, what, options))
+
+    async def _whole(self, method: str, url: str, what: str, options: dict) -> httpx.Response:
+        response = await self._send(method, url, what=what, **{**_SEND_DEFAULTS, **options})
+        try:
+            await response.aread()
+        except RETRY_EXCEPTIONS as exc:
+            raise _Retry(f"{type(exc).__name__} reading the answer to {method} {redact_url(url)}") from None
+        finally:
+            await response.aclose()
+        return response
+
+    async def get_json(self, url: str, *, what: str, **options) -> object:
+        """GET a JSON answer; a 200 whose body is not JSON (cut, or garbled) is a failed attempt."""
+
+        async def attempt() -> object:
+            response = await self._whole("GET", url, what, options)
+            try:
+                return response.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise _Retry(f"GET {redact_url(url)} answered {response.status_code} with a body that is not JSON") from None
+
+        return await self._retrying(what, attempt)
 
     async def read_range(
         self,
@@ -190,49 +299,67 @@ class Http:
         headers: dict[str, str] | None = None,
         params: dict | None = None,
         range_param: str | None = None,
+        auth: httpx.Auth | None = None,
     ) -> AsyncIterator[bytes]:
-        """Yield the bytes [start, end) of `url` with one ranged GET, as they arrive.
+        """Yield the bytes [start, end) of `url`, in order, as they arrive.
 
-        The range goes in a `Range` header, or in the query parameter `range_param` for APIs that
-        take it there (Isabl's `bytes=first-last`). Whatever the answer's status, where its body
-        starts is read from `Content-Range`; a 200 without one is the whole object, unless its
-        length is exactly the range asked for.
+        One ranged GET, resumed from the first byte not yet received when its body is cut short
+        (under the same retry policy as any failure). The range goes in a `Range` header, or in
+        the query parameter `range_param` for APIs that take it there (Isabl's `bytes=first-last`).
+        Whatever the answer's status, where its body starts is read from `Content-Range`; a 200
+        without one is the whole object, unless its length is exactly the range asked for.
         """
-        headers, params = self._range_request(start, end, headers, params, range_param)
-        async with self.stream("GET", url, what=what, headers=headers, params=params) as response:
-            skip = start - _body_offset(response, start, end, by_header=range_param is None)
-            if skip < 0:
-                raise PlatformError(f"{what}: asked for bytes from {start}, the server sent from {start - skip}")
-            remaining = end - start
-            async for chunk in response.aiter_raw():
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk, skip = chunk[dropped:], skip - dropped
-                chunk = chunk[:remaining]
-                if chunk:
-                    remaining -= len(chunk)
-                    yield chunk
-                if not remaining:
-                    return
+        position = start
+        failures = 0
+        while position < end:
+            range_headers, range_params = self._range_request(position, end, headers, params, range_param)
+            started, received = time.monotonic(), 0
+            try:
+                async with self.stream("GET", url, what=what, headers=range_headers, params=range_params, auth=auth) as response:
+                    skip = position - _body_offset(response, position, end, by_header=range_param is None)
+                    if skip < 0:
+                        raise PlatformError(f"{what}: asked for bytes from {position}, the server sent from {position - skip}")
+                    async for chunk in response.aiter_raw():
+                        if skip:
+                            dropped = min(skip, len(chunk))
+                            chunk, skip = chunk[dropped:], skip - dropped
+                        chunk = chunk[: end - position]
+                        if chunk:
+                            position += len(chunk)
+                            received += len(chunk)
+                            yield chunk
+                        if position >= end:
+                            break
+                    if position < end:
+                        raise httpx.RemoteProtocolError("the body ended before the range did")
+            except RETRY_EXCEPTIONS as exc:
+                failures += 1
+                cause = f"{type(exc).__name__} after {received} bytes of GET {redact_url(url)}"
+                if failures >= self.retry.attempts:
+                    raise PlatformError(f"{what}: gave up after {failures} attempts; last: {cause}") from None
+                delay = self.retry.backoff(failures - 1)
+                log.warning("%s: %s; resuming at byte %d in %.1f s", what, cause, position, delay)
+                await trio.sleep(delay)
+                continue
+            log.debug("%s: received bytes %d-%d in %.3f s", what, position - received, position - 1, time.monotonic() - started)
 
     async def object_size(
         self, url: str, *, what: str, headers: dict[str, str] | None = None, params: dict | None = None,
-        range_param: str | None = None,
+        range_param: str | None = None, auth: httpx.Auth | None = None,
     ) -> int:
         """An object's size from a one-byte ranged GET (`Content-Range: bytes 0-0/N`, or 416 `*/0`).
 
         Not a HEAD: a URL presigned for GET refuses HEAD on S3.
         """
         headers, params = self._range_request(0, 1, headers, params, range_param)
-        async with self.stream(
-            "GET", url, what=what, headers=headers, params=params, ok=lambda status: status < 400 or status == 416
-        ) as response:
-            total = response.headers.get("content-range", "").rpartition("/")[2].strip()
-            if total.isdigit():
-                return int(total)
-            length = response.headers.get("content-length", "")
-            if response.status_code == 200 and length.isdigit():
-                return int(length)
+        response = await self.request("GET", url, what=what, headers=headers, params=params, auth=auth,
+                                      ok=lambda status: _ok(status) or status == 416)
+        total = response.headers.get("content-range", "").rpartition("/")[2].strip()
+        if total.isdigit():
+            return int(total)
+        length = response.headers.get("content-length", "")
+        if response.status_code == 200 and length.isdigit():
+            return int(length)
         raise PlatformError(f"{what}: the server answered {response.status_code} without telling the size")
 
     @staticmethod
@@ -240,6 +367,9 @@ class Http:
         if range_param:
             return dict(headers or {}), {**(params or {}), range_param: f"{start}-{end - 1}"}
         return {**(headers or {}), "Range": f"bytes={start}-{end - 1}"}, params
+
+
+_SEND_DEFAULTS = dict(headers=None, params=None, json_body=None, content=None, auth=None, ok=_ok, follow_redirects=None)
 
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$")
@@ -294,8 +424,11 @@ class PresignedURLs:
             await resolving.wait()  # another reader is asking already: one request for all
         done = self._resolving[key] = trio.Event()
         try:
+            started = time.monotonic()
             url, expires = await self._resolve(key)
             self._urls[key] = (url, expires)
+            log.debug("download URL of %s resolved in %.3f s (%s)", key, time.monotonic() - started,
+                      "no stated expiry" if expires is None else f"expires in {expires - time.time():.0f} s")
         finally:
             del self._resolving[key]
             done.set()
