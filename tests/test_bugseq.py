@@ -21,7 +21,8 @@ from omicsfs.mount import is_mounted
 from omicsfs.naming import safe_name
 from omicsfs.platform import Entry
 from omicsfs.platforms import bugseq
-from omicsfs.platforms.bugseq import jwt_expiry, url_expiry
+from omicsfs.credentials import jwt_expiry
+from omicsfs.platforms.bugseq import url_expiry
 from tests.conftest import assert_no_secrets, platform_table, run_omicsfs, toml_config
 
 

@@ -93,7 +93,7 @@ def test_minimal_config_gets_defaults(tmp_path, monkeypatch):
     config = load(path)
     assert config.source == str(path)
     assert [(p.name, p.kind) for p in config.platforms] == [("bs", "basespace")]
-    assert config.platforms[0].settings == {"url": "https://api.basespace.example", "token": TOKEN}
+    assert config.platforms[0].settings == {"url": "https://api.basespace.example", "token": TOKEN, "token_source": None}
     assert config.cache_dir == tmp_path / "xdg-cache" / "omicsfs"
     assert config.cache_size == DEFAULT_CACHE_SIZE
     assert config.memory_cache_size == DEFAULT_MEMORY_CACHE_SIZE
@@ -292,6 +292,7 @@ def test_token_file(tmp_path):
     config = parse({"platforms": {"bs": table(token=None, token_file=str(tmp_path / "token"))}}, "f")
     assert config.platforms[0].settings["token"] == TOKEN
     assert "token_file" not in config.platforms[0].settings
+    assert config.platforms[0].settings["token_source"] == ("token_file", str(tmp_path / "token"))
     assert config.secrets() == [TOKEN]
 
 
@@ -300,6 +301,7 @@ def test_token_file_with_home(tmp_path, monkeypatch):
     (tmp_path / ".bs-token").write_text(TOKEN)
     config = parse({"platforms": {"bs": table(token=None, token_file="~/.bs-token")}}, "f")
     assert config.platforms[0].settings["token"] == TOKEN
+    assert config.platforms[0].settings["token_source"] == ("token_file", f"{tmp_path}/.bs-token")
 
 
 def test_missing_token_file(tmp_path):
@@ -319,6 +321,7 @@ def test_token_env(monkeypatch):
     config = parse({"platforms": {"bs": table(token=None, token_env="OMICSFS_TEST_TOKEN")}}, "f")
     assert config.platforms[0].settings["token"] == TOKEN
     assert "token_env" not in config.platforms[0].settings
+    assert config.platforms[0].settings["token_source"] == ("token_env", "OMICSFS_TEST_TOKEN")
 
 
 @pytest.mark.parametrize("value", [None, "", "  "])

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from omicsfs import __version__
+from omicsfs import __version__, credentials
 from omicsfs.config import Config, PlatformConfig, load, parse_size, xdg_dir
 from omicsfs.errors import OmicsfsError
 
@@ -23,32 +26,45 @@ _URL_QUERY = re.compile(r"(https?://[^\s?'\"<>]+)\?[^\s'\"<>]*")
 
 
 class Redact(logging.Filter):
-    """Keeps tokens and presigned URLs' query strings out of every log line, whoever logs it."""
+    """Keeps tokens and presigned URLs' query strings out of every log line, whoever logs it.
+
+    Hides `secrets` and every value a platform's token has had in this process (a token read
+    again after a refusal is new: `credentials.secrets()`).
+    """
 
     def __init__(self, secrets: list[str]):
         super().__init__()
         self.secrets = [s for s in secrets if s]
 
+    def _hide(self, text: str) -> str:
+        text = _URL_QUERY.sub(r"\1?…", text)
+        for secret in {*self.secrets, *credentials.secrets()}:
+            text = text.replace(secret, "<token>")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        message = _URL_QUERY.sub(r"\1?…", record.getMessage())
-        for secret in self.secrets:
-            message = message.replace(secret, "<token>")
+        message = self._hide(record.getMessage())
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = _URL_QUERY.sub(r"\1?…", record.exc_text)
-            for secret in self.secrets:
-                record.exc_text = record.exc_text.replace(secret, "<token>")
+            record.exc_text = self._hide(record.exc_text)
         record.msg, record.args = message, ()
         return True
 
 
-def setup_logging(debug: bool, secrets: list[str], log_file: Path | None = None) -> None:
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(Redact(secrets))
+def setup_logging(debug: bool, secrets: list[str], log_file: Path | None = None, warnings_to_stderr: bool = False) -> None:
+    """Log to `log_file` (else stderr); with `warnings_to_stderr`, warnings and errors also reach
+    the terminal of a foreground mount that logs to a file. Names a platform sent are written
+    whatever they hold (an unencodable character is escaped, never an error)."""
+    handlers: list[logging.Handler] = [logging.FileHandler(log_file, errors="backslashreplace") if log_file else logging.StreamHandler()]
+    if log_file and warnings_to_stderr:
+        handlers.append(logging.StreamHandler())
+        handlers[-1].setLevel(logging.WARNING)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(Redact(secrets))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     # httpx logs every request with its full URL (presigned signatures included) at INFO/DEBUG.
     for noisy in ("httpx", "httpcore", "hpack"):
@@ -136,7 +152,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         print(f"omicsfs: {exc}", file=sys.stderr)
         return 2
     log_file = Path(args.log_file) if args.log_file else (None if args.foreground and args.ready_fd is None else default_log_file())
-    setup_logging(args.debug, config.secrets(), log_file)
+    setup_logging(args.debug, config.secrets(), log_file, warnings_to_stderr=args.foreground and args.ready_fd is None)
     if args.foreground:
         return _serve_foreground(config, mountpoint, args.ready_fd)
     return _mount_background(args, mountpoint, log_file)
@@ -206,19 +222,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     mountpoint = Path(args.mountpoint).absolute()
     mountpoint.mkdir(parents=True, exist_ok=True)
+    # A kill stops the demo as Ctrl-C does: through the cleanup below. (While mounted, the
+    # daemon's own signal handling unmounts first.)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print("omicsfs demo: starting the emulator (the first run generates its sample data)...", flush=True)
     emulator = EmulatorProcess(args.data, large_file_size=args.large_file_size, port=args.port)
+    cache_dir = Path(tempfile.mkdtemp(prefix="omicsfs-demo-cache-"))
     try:
         emulator.wait_ready()
-        with tempfile.TemporaryDirectory(prefix="omicsfs-demo-cache-") as cache_dir:
-            config = demo_config(emulator.url, emulator.token, Path(cache_dir))
-            setup_logging(args.debug, config.secrets())
-            return _serve_foreground(config, mountpoint, None, banner=DEMO_HINTS.format(mnt=mountpoint))
+        config = demo_config(emulator.url, emulator.token, cache_dir)
+        setup_logging(args.debug, config.secrets())
+        return _serve_foreground(config, mountpoint, None, banner=DEMO_HINTS.format(mnt=mountpoint))
     except (OmicsfsError, RuntimeError, TimeoutError) as exc:
         print(f"omicsfs: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     finally:
-        emulator.stop()
+        with signals_deferred():
+            emulator.stop()
+            shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Cleanup that a second Ctrl-C or a `kill` must not cut short: such signals are noted, not obeyed."""
+
+    def note(number, frame) -> None:
+        print(f"omicsfs: {signal.Signals(number).name} while stopping; finishing the cleanup first", file=sys.stderr)
+
+    previous = {number: signal.signal(number, note) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 # -- argument parsing ----------------------------------------------------------------------------

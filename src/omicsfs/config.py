@@ -169,11 +169,12 @@ def _platform(source: str, name: str, table: object) -> PlatformConfig:
         if not isinstance(value, expected):
             raise ConfigError(f"{where}: {key} must be a {expected.__name__}, not {value!r}")
     if cls.needs_token:
-        settings["token"] = _token(where, table)
+        settings["token"], settings["token_source"] = _token(where, table)
     return PlatformConfig(name, kind, settings)
 
 
-def _token(where: str, table: dict) -> str:
+def _token(where: str, table: dict) -> tuple[str, tuple[str, str] | None]:
+    """The token, and where to read it again when the platform refuses it (None: given inline)."""
     given = [key for key in TOKEN_KEYS if key in table]
     if len(given) != 1:
         raise ConfigError(f"{where}: give exactly one of token, token_file, token_env (found {len(given)})")
@@ -181,12 +182,15 @@ def _token(where: str, table: dict) -> str:
     value = table[key]
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: {key} must be a non-empty string")
+    source: tuple[str, str] | None = None
     if key == "token_file":
+        source = (key, str(Path(value).expanduser()))
         try:
-            token = Path(value).expanduser().read_text().strip()
+            token = Path(source[1]).read_text().strip()
         except OSError as exc:
             raise ConfigError(f"{where}: token_file {value!r}: {exc.strerror}") from None
     elif key == "token_env":
+        source = (key, value)
         token = os.environ.get(value, "").strip()
         if not token:
             raise ConfigError(f"{where}: token_env: the environment variable {value} is not set")
@@ -194,4 +198,4 @@ def _token(where: str, table: dict) -> str:
         token = value.strip()
     if not token:
         raise ConfigError(f"{where}: {key} gives an empty token")
-    return token
+    return token, source

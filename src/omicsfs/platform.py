@@ -8,12 +8,15 @@ handed out. The core owns inodes, naming, caching and FUSE; a platform owns its 
 from __future__ import annotations
 
 import abc
+import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
 import trio
 
+from omicsfs.credentials import Token, TokenAuth, utc
 from omicsfs.errors import AccessDenied, NotFound, PlatformError
 from omicsfs.http import Http
 
@@ -81,6 +84,16 @@ class Entry:
     content: bytes | None = None
 
 
+def json_content(value: object) -> bytes:
+    """A platform's JSON answer as the bytes of a file (`.json`, BugSeq's `job.json`): readable
+    UTF-8, or, when it holds text UTF-8 cannot encode (a lone surrogate, valid in JSON), ASCII
+    with escapes, which says exactly what the platform sent."""
+    try:
+        return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:
+        return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
 @dataclass(frozen=True)
 class SpaceUsage:
     total: int
@@ -99,12 +112,20 @@ class Platform(abc.ABC):
     #: How the platform's users name it and its token, for the messages of a failed mount.
     title: ClassVar[str] = ""
     token_name: ClassVar[str] = "token"
+    #: The header that carries the token, and how its value is written around it.
+    auth_header: ClassVar[tuple[str, str]] = ("Authorization", "Bearer {}")
 
     def __init__(self, name: str, settings: dict, http: Http):
-        """`settings` is the platform's table from the config, with `token` resolved."""
+        """`settings` is the platform's table from the config, with `token` resolved (and
+        `token_source`, where to read it again)."""
         self.name = name
         self.settings = settings
         self.http = http
+        self.token: Token | None = None
+        self.auth: TokenAuth | None = None
+        if self.needs_token:
+            self.token = Token(settings["token"], settings.get("token_source"), f"[platforms.{name}]")
+            self.auth = TokenAuth(self.token, *self.auth_header)
 
     @abc.abstractmethod
     async def check(self) -> None:
@@ -131,7 +152,8 @@ class Platform(abc.ABC):
 
     def token_hint(self) -> str:
         """More on why a token may have been refused (an expiry the token states), or ""."""
-        return ""
+        expires = self.token.expiry if self.token else None
+        return f"; the token expired at {utc(expires)}" if expires and expires < time.time() else ""
 
     def root(self) -> Entry:
         """The platform's top directory, named as the config's table; `list_dir` gets its key `("top",)`."""

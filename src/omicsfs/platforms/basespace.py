@@ -31,13 +31,16 @@ And the V2 reference (seed 001):
 from __future__ import annotations
 
 import email.utils
+import logging
 from collections.abc import AsyncIterator
 from urllib.parse import urljoin
 
 from omicsfs.dates import parse_timestamp
-from omicsfs.errors import PlatformError
+from omicsfs.errors import AccessDenied, NotFound, PlatformError
 from omicsfs.http import PresignedURLs
 from omicsfs.platform import Entry, Platform, SpaceUsage, gather
+
+log = logging.getLogger(__name__)
 
 API = "v1pre3/"
 API_V2 = "v2/"
@@ -61,12 +64,14 @@ class BaseSpace(Platform):
     kind = "basespace"
     title = "BaseSpace"
     token_name = "access token"
+    auth_header = ("x-access-token", "{}")
 
     def __init__(self, name, settings, http):
         super().__init__(name, settings, http)
         self.host = settings["url"].rstrip("/") + "/"
-        self.headers = {"x-access-token": settings["token"]}
         self.urls = PresignedURLs(http, self._resolve_content)
+        #: Whether the V2 API is there; `check` asks, at mount time.
+        self.v2 = True
 
     # -- requests --------------------------------------------------------------------------
 
@@ -76,7 +81,7 @@ class BaseSpace(Platform):
         return urljoin(self.host, href if href.startswith((API, API_V2)) else API + href)
 
     async def _response(self, href: str, *, what: str, params: dict | None = None) -> dict:
-        body = await self.http.get_json(self._url(href), what=what, headers=self.headers, params=params)
+        body = await self.http.get_json(self._url(href), what=what, auth=self.auth, params=params)
         if not isinstance(body, dict) or not isinstance(body.get("Response"), dict):
             raise PlatformError(f"{what}: BaseSpace answered without a Response envelope")
         return body["Response"]
@@ -104,7 +109,7 @@ class BaseSpace(Platform):
         subdirectories: list = []
         while True:
             query = {**(params or {}), "offset": len(items), "limit": FILE_PAGE_LIMIT}
-            body = await self.http.get_json(self._url(href), what=what, headers=self.headers, params=query)
+            body = await self.http.get_json(self._url(href), what=what, auth=self.auth, params=query)
             if not isinstance(body, dict):
                 raise PlatformError(f"{what}: BaseSpace answered without an Items envelope")
             page = body.get("Items") or []
@@ -118,21 +123,37 @@ class BaseSpace(Platform):
 
     async def check(self) -> None:
         await self._response("users/current", what=self.name)
+        self.v2 = await self._has_v2()
+
+    async def _has_v2(self) -> bool:
+        """Whether this BaseSpace has the V2 API (an older or private instance answers 404 under
+        `v2/`): asked once per mount, so that Datasets, AppSessions and BioSamples are shown only
+        where they can be listed."""
+        try:
+            await self.http.get_json(self._url(f"{API_V2}users/current"), what=f"{self.name}: V2 API", auth=self.auth)
+        except NotFound:
+            log.info("%s: no V2 API at %s (404): Datasets, AppSessions and BioSamples are not shown", self.name, self.host)
+            return False
+        except AccessDenied:
+            raise
+        except PlatformError as exc:
+            log.warning("%s: the V2 API did not answer (%s): Datasets, AppSessions and BioSamples are not shown", self.name, exc)
+            return False
+        return True
 
     # -- the tree --------------------------------------------------------------------------
 
     async def list_dir(self, entry: Entry) -> list[Entry]:
         kind, *args = entry.key
         if kind == "top":
-            return [Entry(name, True, (name.lower(),)) for name in ("Projects", "Runs", "BioSamples")]
+            return [Entry(name, True, (name.lower(),)) for name in ("Projects", "Runs", *(("BioSamples",) if self.v2 else ()))]
         if kind == "projects":
             projects = await self._items("users/current/projects", what=f"{self.name}/Projects")
             return [self._entity(item, ("project", item["Id"])) for item in projects]
         if kind == "project":
             (project_id,) = args
-            return [
-                Entry(name, True, (name.lower(), project_id)) for name in ("Samples", "AppResults", "Datasets", "AppSessions")
-            ]
+            names = ("Samples", "AppResults", *(("Datasets", "AppSessions") if self.v2 else ()))
+            return [Entry(name, True, (name.lower(), project_id)) for name in names]
         if kind in ("datasets", "biosample"):
             (parent_id,) = args
             href, params = (
@@ -261,8 +282,10 @@ class BaseSpace(Platform):
 
     async def _resolve_content(self, file_id: str) -> tuple[str, float | None]:
         what = f"{self.name}: file {file_id} content"
+        # A 302 to the store is an answer here (its Location is the URL), not a redirect to follow.
         response = await self.http.request(
-            "GET", self._url(f"files/{file_id}/content"), what=what, headers=self.headers, params={"redirect": "meta"}
+            "GET", self._url(f"files/{file_id}/content"), what=what, auth=self.auth, params={"redirect": "meta"},
+            follow_redirects=False, ok=lambda status: 200 <= status < 400,
         )
         if response.is_redirect:
             return response.headers["location"], _expiry(response.headers.get("expires"))

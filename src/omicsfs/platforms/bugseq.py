@@ -37,11 +37,8 @@ Reference: the BugSeq API 0.1.0 OpenAPI page (seed 000); where it is silent, the
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl, quote, urljoin, urlsplit
@@ -50,7 +47,7 @@ from urllib.parse import parse_qsl, quote, urljoin, urlsplit
 from omicsfs.dates import parse_timestamp
 from omicsfs.errors import NotFound, PlatformError
 from omicsfs.http import PresignedURLs
-from omicsfs.platform import Entry, Platform, gather
+from omicsfs.platform import Entry, Platform, gather, json_content
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +78,6 @@ def url_expiry(url: str) -> float | None:
     return None
 
 
-def jwt_expiry(token: str) -> float | None:
-    """The `exp` claim of a JWT (read, not verified: only to explain a refusal); None if not a JWT."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-        return float(claims["exp"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 class BugSeq(Platform):
     kind = "bugseq"
     title = "BugSeq"
@@ -100,23 +85,19 @@ class BugSeq(Platform):
     def __init__(self, name, settings, http):
         super().__init__(name, settings, http)
         self.host = settings["url"].rstrip("/")
-        self.headers = {"Authorization": f"Bearer {settings['token']}"}
         self.urls = PresignedURLs(http, self._resolve_download)
         self.page_limit = PAGE_LIMIT
 
     # -- requests --------------------------------------------------------------------------
 
     async def _get(self, path: str, *, what: str, params: dict | None = None) -> dict:
-        body = await self.http.get_json(self.host + API + path, what=what, headers=self.headers, params=params)
+        body = await self.http.get_json(self.host + API + path, what=what, auth=self.auth, params=params)
         if not isinstance(body, dict):
             raise PlatformError(f"{what}: BugSeq answered with something other than a JSON object")
         return body
 
     async def check(self) -> None:
         await self._get("users/me", what=self.name)
-        expires = jwt_expiry(self.settings["token"])
-        if expires:
-            log.info("%s: the BugSeq token expires at %s; requests are refused after that", self.name, _utc(expires))
 
     async def _jobs(self) -> list[dict]:
         """Every job the token sees, page by page."""
@@ -184,7 +165,7 @@ class BugSeq(Platform):
 
     async def _job_listing(self, job_id: str) -> list[Entry]:
         results = await self._results(job_id)
-        content = (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode()
+        content = json_content(results)
         mtime = _file_time(results)
         try:
             outputs = await self._outputs(job_id, results, "")
@@ -267,10 +248,6 @@ class BugSeq(Platform):
                 sizes[filename] = size
         return sizes
 
-    def token_hint(self) -> str:
-        expires = jwt_expiry(self.settings["token"])
-        return f"; the token expired at {_utc(expires)}" if expires and expires < time.time() else ""
-
     # -- content ---------------------------------------------------------------------------
 
     async def _resolve_download(self, key: tuple[str, str]) -> tuple[str, float | None]:
@@ -295,10 +272,6 @@ def _parts(path: str) -> list[str]:
 
 def _file_time(results: dict) -> float:
     return parse_timestamp(results.get("end_time") or results.get("created"))
-
-
-def _utc(moment: float) -> str:
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 PLATFORM = BugSeq

@@ -11,9 +11,11 @@ silent, the public client papaemmelab/isabl_cli and the Isabl docs (isabl-io/doc
 us do:
 - `url` is the installation's root (`https://isabl.example.org`, `/api/v1/` is added) or its API
   base ending in `/api/v1` (isabl_cli's `ISABL_API_URL`, which users already have).
-- Paths: isabl_cli (`api.py`) lists at `/{endpoint}` and reads `/rest-auth/user/`.
+- Paths: DRF routers' canonical form, slash-terminated (`/{endpoint}/`, `/{endpoint}/{id}/`), as
+  isabl_cli asks them: under Django's `APPEND_SLASH` the unslashed form answers 301 with an empty body.
 - `Authorization: Token <key>` (isabl_cli `get_token_headers`; the key comes from the seed's
-  `rest-auth/login/`). The token is checked with `GET rest-auth/user/`, as isabl_cli does.
+  `rest-auth/login/`). The token is checked with `GET rest-auth/user/`, as isabl_cli does;
+  the seed does not list that endpoint, so where it answers 404, with `GET projects/?limit=1`.
 - Lists: DRF `limit`/`offset` (seed) in `{"count", "next", "previous", "results"}`; the server
   caps pages, so the next offset counts the items received. `next` only says whether there is
   more: it is an absolute URL built by the server (behind a TLS proxy DRF may write `http://` or
@@ -45,7 +47,7 @@ from collections.abc import AsyncIterator
 
 
 from omicsfs.dates import parse_timestamp
-from omicsfs.errors import AccessDenied, PlatformError
+from omicsfs.errors import AccessDenied, NotFound, PlatformError
 from omicsfs.platform import Entry, Platform, gather
 
 log = logging.getLogger(__name__)
@@ -61,26 +63,30 @@ class Isabl(Platform):
     kind = "isabl"
     title = "Isabl"
     token_name = "API token"
+    auth_header = ("Authorization", "Token {}")
 
     def __init__(self, name, settings, http):
         super().__init__(name, settings, http)
         url = settings["url"].rstrip("/") + "/"
         self.api = url if url.endswith("/" + API) else url + API
-        self.headers = {"Authorization": f"Token {settings['token']}", "Accept": "application/json"}
+        self.headers = {"Accept": "application/json"}
         # Content as stored: a compressed transfer would make lengths and ranges disagree.
         self.content_headers = {**self.headers, "Accept": "*/*", "Accept-Encoding": "identity"}
 
     # -- requests --------------------------------------------------------------------------
 
-    def _url(self, path: str) -> str:
-        return self.api + path.lstrip("/")
+    def _url(self, *parts: object) -> str:
+        """The canonical URL of an API path, as DRF's routers write it: slash-terminated
+        (`projects/`, `analyses/7/stream/`). The unslashed form costs a 301 under Django's
+        APPEND_SLASH (followed by `Http`, but a round trip each time)."""
+        return self.api + "/".join(str(part).strip("/") for part in parts) + "/"
 
     async def _list(self, endpoint: str, *, what: str, **filters) -> list[dict]:
         """Every item of a list, page by page."""
         items: list[dict] = []
         while True:
             params = {**filters, "ordering": "id", "limit": PAGE_LIMIT, "offset": len(items)}
-            body = await self.http.get_json(self._url(endpoint), what=what, headers=self.headers, params=params)
+            body = await self.http.get_json(self._url(endpoint), what=what, headers=self.headers, auth=self.auth, params=params)
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 raise PlatformError(f"{what}: Isabl answered without a results list")
             page = body["results"]
@@ -96,9 +102,19 @@ class Isabl(Platform):
         return list(unique.values())
 
     async def check(self) -> None:
-        user = await self.http.get_json(self._url("rest-auth/user/"), what=self.name, headers=self.headers)
+        """`rest-auth/user/`, as isabl_cli asks; the published schema does not list it, so where it
+        is absent (404), a one-item page of `projects/`, which any valid token may read."""
+        try:
+            user = await self.http.get_json(self._url("rest-auth/user"), what=self.name, headers=self.headers, auth=self.auth)
+        except NotFound:
+            log.info("%s: no rest-auth/user/ at %s; checking the token with projects/ instead", self.name, self.api)
+            page = await self.http.get_json(self._url("projects"), what=self.name, headers=self.headers, auth=self.auth,
+                                            params={"limit": 1})
+            if not isinstance(page, dict) or not isinstance(page.get("results"), list):
+                raise PlatformError(f"{self.name}: {self._url('projects')} did not answer with a list: is `url` an Isabl API?")
+            return
         if not isinstance(user, dict) or "username" not in user:
-            raise PlatformError(f"{self.name}: {self.api}rest-auth/user/ did not name a user: is `url` an Isabl API?")
+            raise PlatformError(f"{self.name}: {self._url('rest-auth/user')} did not name a user: is `url` an Isabl API?")
 
     # -- the tree --------------------------------------------------------------------------
 
@@ -186,7 +202,7 @@ class Isabl(Platform):
         """The analysis's results that are files, each with its size asked of the server."""
         (pk,) = entry.key[1:]
         analysis = entry.info or await self.http.get_json(
-            self._url(f"analyses/{pk}"), what=f"{self.name}: analysis {pk}", headers=self.headers
+            self._url("analyses", pk), what=f"{self.name}: analysis {pk}", headers=self.headers, auth=self.auth
         )
         candidates = {
             key: value for key, value in self._results(analysis).items() if isinstance(value, str) and value.startswith("/")
@@ -214,7 +230,7 @@ class Isabl(Platform):
         what = f"{self.name}: analysis {pk} result {key}"
         try:
             return await self.http.object_size(
-                self._url(f"analyses/{pk}/stream"), what=what, headers=self.content_headers,
+                self._url("analyses", pk, "stream"), what=what, headers=self.content_headers, auth=self.auth,
                 params={"result": key}, range_param="bytes",
             )
         except PlatformError as exc:
@@ -228,7 +244,7 @@ class Isabl(Platform):
     def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
         _, pk, key = entry.key
         return self.http.read_range(
-            self._url(f"analyses/{pk}/stream"), start, end, what=what, headers=self.content_headers,
+            self._url("analyses", pk, "stream"), start, end, what=what, headers=self.content_headers, auth=self.auth,
             params={"result": key}, range_param="bytes",
         )
 

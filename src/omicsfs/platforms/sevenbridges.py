@@ -73,13 +73,14 @@ class SevenBridges(Platform):
     kind = "sevenbridges"
     title = "Seven Bridges"
     token_name = "authentication token"
+    auth_header = ("X-SBG-Auth-Token", "{}")
     optional_settings = {"public_files": bool}
 
     def __init__(self, name, settings, http):
         super().__init__(name, settings, http)
         base = settings["url"].rstrip("/")
         self.base = base if base.endswith(f"/{API}") else f"{base}/{API}"
-        self.headers = {"X-SBG-Auth-Token": settings["token"], "Accept": "application/json"}
+        self.headers = {"Accept": "application/json"}
         self.public_files = bool(settings.get("public_files", False))
         self.urls = PresignedURLs(http, self._resolve_download)
 
@@ -89,7 +90,7 @@ class SevenBridges(Platform):
         return f"{self.base}/{path.lstrip('/')}"
 
     async def _get(self, path: str, *, what: str, params: dict | None = None) -> dict:
-        response = await self.http.request("GET", self._url(path), what=what, headers=self.headers, params=params)
+        response = await self.http.request("GET", self._url(path), what=what, headers=self.headers, auth=self.auth, params=params)
         return _json_object(response, what)
 
     async def _items(self, path: str, *, what: str, params: dict | None = None) -> list[dict]:
@@ -97,7 +98,7 @@ class SevenBridges(Platform):
         items: list[dict] = []
         while True:
             query = {**(params or {}), "offset": len(items), "limit": PAGE_LIMIT, "fields": "_all"}
-            response = await self.http.request("GET", self._url(path), what=what, headers=self.headers, params=query)
+            response = await self.http.request("GET", self._url(path), what=what, headers=self.headers, auth=self.auth, params=query)
             body = _json_object(response, what)
             page = body.get("items") or []
             items.extend(page)
@@ -226,7 +227,7 @@ class SevenBridges(Platform):
         for start in range(0, len(ids), BULK_LIMIT):
             chunk = ids[start : start + BULK_LIMIT]
             response = await self.http.request(
-                "POST", self._url("bulk/files/get"), what=f"{what} outputs", headers=self.headers, json_body={"file_ids": chunk}
+                "POST", self._url("bulk/files/get"), what=f"{what} outputs", headers=self.headers, auth=self.auth, json_body={"file_ids": chunk}
             )
             for record in _json_object(response, what).get("items") or []:
                 if record.get("resource"):
