@@ -44,9 +44,15 @@ def assert_valid(name: str) -> None:
         ("sample.bam", "sample.bam"),
         ("a/b", "a∕b"),
         ("/", "∕"),
-        ("a\0b", "ab"),
+        ("a\0b", "a\u2400b"),
         ("", "_"),
-        ("\0", "_"),
+        ("\0", "\u2400"),
+        ("two\nlines\ttab\x1b[0m", "two\u240alines\u2409tab\u241b[0m"),
+        ("del\x7f", "del\u2421"),
+        ("ab\ud800cd", "ab\ufffdcd"),
+        ("\udc80", "\ufffd"),
+        ("pair \ud83d\ude00", "pair \U0001f600"),
+        ("emoji \U0001f600 and NFD e\u0301", "emoji \U0001f600 and NFD e\u0301"),
         (".", "_._"),
         ("..", "_.._"),
         ("...", "..."),
@@ -129,9 +135,10 @@ def test_duplicates_all_get_their_ids_before_the_extension():
 
 
 def test_names_that_become_equal_when_made_safe_are_duplicates():
-    items = [Item("a/b", "1"), Item("a∕b", "2"), Item("a\0/b", "3")]
+    items = [Item("a/b", "1"), Item("a∕b", "2"), Item("a\0/b", "3"), Item("x\ud800", "4"), Item("x\udfff", "5")]
     result = names(items)
-    assert result == {items[0]: "a∕b (1)", items[1]: "a∕b (2)", items[2]: "a∕b (3)"}
+    assert result == {items[0]: "a∕b (1)", items[1]: "a∕b (2)", items[2]: "a\u2400∕b", items[3]: "x\ufffd (4)",
+                      items[4]: "x\ufffd (5)"}
 
 
 def test_unsafe_names_are_made_safe():

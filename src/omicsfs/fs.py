@@ -12,8 +12,8 @@ caches hold, however large the tree a `find` walked.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
-import json
 import logging
 import math
 import os
@@ -26,8 +26,8 @@ import trio
 
 from omicsfs.blockcache import BLOCK_SIZE, BlockCache, ObjectRef
 from omicsfs.errors import PlatformError
-from omicsfs.naming import unique_names
-from omicsfs.platform import Entry, Platform
+from omicsfs.naming import encodable, unique_names
+from omicsfs.platform import Entry, Platform, json_content
 from omicsfs.reader import FileReader
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def _meta_entries(entry: Entry) -> list[Entry]:
     key = entry.key
     metas = []
     if entry.info is not None:
-        content = (json.dumps(entry.info, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        content = json_content(entry.info)
         metas.append(Entry(".json", False, ("meta", key, ".json"), size=len(content), mtime=entry.mtime, content=content))
     if entry.uid:
         content = f"{entry.uid}\n".encode()
@@ -79,12 +79,54 @@ def _meta_entries(entry: Entry) -> list[Entry]:
     return metas
 
 
+#: Operations whose first argument is a file or directory handle rather than an inode.
+_HANDLE_OPERATIONS = frozenset({"read", "write", "readdir", "release", "releasedir", "flush", "fsync", "fsyncdir"})
+
+
+def _guarded(name: str, operation):
+    """`operation`, with whatever goes wrong in it turned into an errno for this call alone.
+
+    pyfuse3 lets any exception but `FUSEError` escape its handler and end the main loop: one bad
+    answer would unmount everything. Here a `PlatformError` becomes its errno and anything else
+    EIO, each with one log line naming the path, the operation and the cause (the traceback at
+    --debug), and the daemon serves on.
+    """
+
+    @functools.wraps(operation)
+    async def guarded(self: Filesystem, *args):
+        try:
+            return await operation(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except PlatformError as exc:
+            log.error("%s: %s failed: %s", self._describe(name, args), name, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception as exc:
+            log.error("%s: %s failed: %s: %s", self._describe(name, args), name, type(exc).__name__, exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return guarded
+
+
+def guard_operations(cls):
+    """Wrap every FUSE operation `cls` defines with `_guarded`: one mechanism for all of them."""
+    for name, value in list(vars(cls).items()):
+        if name in _FUSE_OPERATIONS:
+            setattr(cls, name, _guarded(name, value))
+    return cls
+
+
+_FUSE_OPERATIONS = frozenset(name for name, value in vars(pyfuse3.Operations).items() if callable(value) and not name.startswith("_"))
+
+
 @dataclass
 class Settings:
     metadata_ttl: float = 60.0
     max_window: int = 64 * 1024 * 1024
 
 
+@guard_operations
 class Filesystem(pyfuse3.Operations):
     def __init__(self, platforms: dict[str, Platform], cache: BlockCache, settings: Settings | None = None):
         super().__init__()
@@ -102,6 +144,19 @@ class Filesystem(pyfuse3.Operations):
         self._usage: tuple[float, tuple[int, int]] | None = None
 
     # -- the inode table ---------------------------------------------------------------------
+
+    def _describe(self, operation: str, args: tuple) -> str:
+        """The path an operation is about, for its log lines."""
+        node = None
+        if args and operation in _HANDLE_OPERATIONS:
+            handle = self._handles.get(args[0])
+            node = handle.node if handle else None
+        elif args and isinstance(args[0], int):
+            node = self.nodes.get(args[0])
+        path = (node.path or "/") if node else f"inode {args[0]}" if args else "/"
+        if len(args) > 1 and isinstance(args[1], bytes):
+            path = f"{path.rstrip('/')}/{os.fsdecode(args[1])}"
+        return path
 
     def _node(self, inode: int) -> Node:
         try:
@@ -150,11 +205,9 @@ class Filesystem(pyfuse3.Operations):
                 if entry.children is not None and node.children is None:
                     entries = entry.children  # learned together with the directory itself
                 else:
-                    try:
-                        entries = await platform.list_dir(entry)
-                    except PlatformError as exc:
-                        log.error("%s: listing failed: %s", node.path, exc)
-                        raise pyfuse3.FUSEError(exc.errno) from None
+                    started = time.monotonic()
+                    entries = await platform.list_dir(entry)
+                    log.debug("%s: listed %d entries in %.3f s", node.path, len(entries), time.monotonic() - started)
                 named = unique_names(entries, lambda e: e.name, lambda e: e.uid, reserved=META_FILES)
                 named += [(meta.name, meta) for meta in _meta_entries(entry)]
                 children = dict(named)
@@ -270,14 +323,7 @@ class Filesystem(pyfuse3.Operations):
         assert isinstance(handle, FileHandle)
         if handle.reader is None:
             return handle.node.entry.content[off : off + size]
-        try:
-            return await handle.reader.read(off, size)
-        except PlatformError as exc:
-            log.error("%s: read of %d bytes at %d failed: %s", handle.node.path, size, off, exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except Exception:
-            log.exception("%s: read of %d bytes at %d failed", handle.node.path, size, off)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        return await handle.reader.read(off, size)
 
     async def release(self, fh):
         self._handles.pop(fh, None)
@@ -288,7 +334,7 @@ class Filesystem(pyfuse3.Operations):
         if key.startswith(XATTR_PREFIX):
             value = node.entry.xattrs.get(key[len(XATTR_PREFIX) :])
             if value is not None:
-                return value.encode()
+                return encodable(value).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def listxattr(self, inode, ctx):

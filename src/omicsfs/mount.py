@@ -21,6 +21,7 @@ import trio
 
 from omicsfs.blockcache import BlockCache, DiskCache
 from omicsfs.config import Config
+from omicsfs.credentials import watch_expiry
 from omicsfs.errors import OmicsfsError, PlatformError
 from omicsfs.fs import Filesystem, Settings
 from omicsfs.http import Http, new_client
@@ -125,8 +126,56 @@ def tune_device(mountpoint: Path) -> None:
 
 
 async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> None:
-    """Mount and serve until unmounted or sent SIGINT/SIGTERM. Raises `OmicsfsError` before mounting."""
+    """Mount and serve until unmounted or sent SIGINT/SIGTERM. Raises `OmicsfsError` before mounting.
+
+    Signals are received for the whole of it, cleanup included: one before the mount is live
+    stops the start; one while serving unmounts; one during the unmount is noted and the cleanup
+    carries on to its end (a script's `kill` after `fusermount3 -u` must not abandon it).
+    """
     prepare_mountpoint(mountpoint)
+    life = _Life(mountpoint)
+    failure: Exception | None = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(life.receive, signals)
+            try:
+                with life.starting:
+                    await _serve(config, mountpoint, ready, life)
+            except Exception as exc:  # raised as itself, not inside the watcher nursery's ExceptionGroup
+                failure = exc
+            finally:
+                watcher.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    if life.phase == "interrupted":
+        raise OmicsfsError(f"interrupted before {mountpoint} was mounted")
+
+
+class _Life:
+    """Where a mount is in its life, and what a signal does there."""
+
+    def __init__(self, mountpoint: Path):
+        self.mountpoint = mountpoint
+        self.phase = "starting"
+        #: Cancelled by a signal that comes before the mount exists.
+        self.starting = trio.CancelScope()
+
+    async def receive(self, signals) -> None:
+        async for number in signals:
+            name = signal.Signals(number).name
+            if self.phase == "starting":
+                log.info("%s before %s was mounted: stopping", name, self.mountpoint)
+                self.phase = "interrupted"
+                self.starting.cancel()
+            elif self.phase == "serving":
+                log.info("%s: unmounting %s", name, self.mountpoint)
+                self.phase = "stopping"
+                pyfuse3.terminate()
+            else:
+                log.info("%s: already unmounting %s; finishing the cleanup first", name, self.mountpoint)
+
+
+async def _serve(config: Config, mountpoint: Path, ready: Callable[[], None], life: _Life) -> None:
     async with new_client() as client:
         platforms = build_platforms(config, Http(client))
         await check_credentials(platforms)
@@ -137,13 +186,19 @@ async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> 
             settings = Settings(metadata_ttl=config.metadata_ttl, max_window=min(MAX_WINDOW, config.memory_cache_size // 2))
             filesystem = Filesystem(platforms, cache, settings)
             pyfuse3.init(filesystem, str(mountpoint), mount_options())
+            life.phase = "serving"
+            life.starting.shield = True  # from here on, a signal unmounts: nothing may cut the cleanup short
             try:
                 nursery.start_soon(_announce, mountpoint, ready)
-                nursery.start_soon(_terminate_on_signal)
+                for platform in platforms.values():
+                    if platform.token is not None:
+                        nursery.start_soon(watch_expiry, platform.token, platform.name)
                 await pyfuse3.main()
+                life.phase = "stopping"
                 with trio.move_on_after(FLUSH_TIMEOUT):  # what a remount should find on disk
                     await cache.flush()
             finally:
+                life.phase = "stopping"
                 pyfuse3.close(unmount=True)
                 nursery.cancel_scope.cancel()
                 log.info("unmounted %s", mountpoint)
@@ -154,10 +209,3 @@ async def _announce(mountpoint: Path, ready: Callable[[], None]) -> None:
     await trio.to_thread.run_sync(tune_device, mountpoint)
     log.info("mounted %s", mountpoint)
     ready()
-
-
-async def _terminate_on_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            pyfuse3.terminate()
-            return

@@ -8,6 +8,7 @@ later never renames the others' ids.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
@@ -16,17 +17,31 @@ MAX_NAME_BYTES = 255
 
 T = TypeVar("T")
 
+#: Control characters as their visible counterparts in the Control Pictures block (U+2400), as
+#: rclone's encoder shows them: a newline, tab or escape in a name breaks shell tools and scripts.
+_VISIBLE_CONTROLS = {code: 0x2400 + code for code in range(0x20)} | {0x7F: 0x2421}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """`text` with what UTF-8 cannot encode (lone surrogates, which valid JSON may carry as
+    `"\\ud800"`) replaced by U+FFFD; surrogate pairs become the character they stand for."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
 
 def safe_name(name: str) -> str:
-    """A name the kernel accepts: no `/` or NUL, not `.` or `..`, not empty, at most 255 bytes."""
-    name = name.replace("/", "∕").replace("\0", "")
+    """A name the kernel accepts and shells handle: valid UTF-8, no `/`, no control characters,
+    not `.` or `..`, not empty, at most 255 bytes."""
+    name = encodable(name).translate(_VISIBLE_CONTROLS).replace("/", "∕")
     if name in ("", ".", ".."):
         name = f"_{name}_" if name else "_"
     return _truncate(name, MAX_NAME_BYTES)
 
 
 def _truncate(name: str, limit: int) -> str:
-    encoded = name.encode("utf-8", "surrogateescape")
+    encoded = name.encode()
     if len(encoded) <= limit:
         return name
     return encoded[:limit].decode("utf-8", "ignore")
@@ -62,13 +77,15 @@ def unique_names(items: Sequence[T], name_of, uid_of, reserved: Iterable[str] = 
     for name, group in sorted(groups.items()):
         if name in plain:
             continue
-        for item in sorted(group, key=uid_of):
-            candidate = with_id(name, uid_of(item) or "?")
+        for item in sorted(group, key=lambda item: uid_of(item) or ""):
+            uid = uid_of(item) or "?"
+            candidate = with_id(name, uid)
             counter = 2
             while candidate in taken:
-                # Ids repeat only when a platform gives none: fall back to a counter, still stable
-                # for an unchanged listing.
-                candidate = with_id(name, f"{uid_of(item)}-{counter}")
+                # Ids repeat (or are cut to the same prefix) only when a platform gives none or
+                # very long ones: a counter first, so that cutting keeps it; still stable for an
+                # unchanged listing.
+                candidate = with_id(name, f"{counter}-{uid}")
                 counter += 1
             named.append((candidate, item))
             taken.add(candidate)

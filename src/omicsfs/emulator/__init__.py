@@ -45,6 +45,12 @@ class Knobs:
     url_expiry_skew: float = 0.0
     #: Failures to inject: the next `count` requests whose path starts with `prefix` get `status`.
     failures: list[dict] = field(default_factory=list)
+    #: Paths under these prefixes answer 404, as a server without those endpoints (an older or
+    #: private installation: BaseSpace without `/v2/`, Isabl without `rest-auth/user/`).
+    absent_prefixes: list[str] = field(default_factory=list)
+    #: The token the platforms accept from now on (None: the one the emulator started with), to
+    #: test a token rotated while mounted.
+    token: str | None = None
 
 
 @dataclass
@@ -63,13 +69,18 @@ class World:
 
     def __init__(self, data_dir: Path, token: str = DEFAULT_TOKEN, large_file_size: int = 1 << 30):
         self.data_dir = Path(data_dir)
-        self.token = token
+        self.initial_token = token
         self.large_file_size = large_file_size
         self.knobs = Knobs()
         self.stats = Stats()
         self._key = hashlib.sha256(b"omicsfs-emulator" + token.encode()).digest()
         #: object id -> file on disk, registered by each platform's emulator.
         self.objects: dict[str, Path] = {}
+
+    @property
+    def token(self) -> str:
+        """The token every platform accepts now."""
+        return self.knobs.token or self.initial_token
 
     # -- presigned URLs --------------------------------------------------------------------
 
@@ -225,6 +236,9 @@ class _InjectFailures:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and not scope["path"].startswith("/_emulator"):
+            if any(scope["path"].startswith(prefix) for prefix in self.world.knobs.absent_prefixes):
+                await JSONResponse({"detail": "Not found."}, status_code=404)(scope, receive, send)
+                return
             failure = self.world.injected_failure(scope["path"])
             if failure is not None:
                 status = int(failure.get("status", 500))

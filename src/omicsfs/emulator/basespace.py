@@ -426,6 +426,12 @@ def routes(world: World) -> list[Route]:
         return directory_listing(request, found["files"])
 
     @v2_endpoint
+    def v2_current_user(request):
+        user = account.user
+        return JSONResponse({"Id": user["Id"], "Href": f"v2/users/{user['Id']}", "Name": user["Name"],
+                             "Email": user.get("Email", ""), "DateCreated": user.get("DateCreated", "")})
+
+    @v2_endpoint
     def biosample_list(request):
         return v2_page(request, list(biosamples.values()))
 
@@ -444,6 +450,7 @@ def routes(world: World) -> list[Route]:
 
     base = f"/{API}"
     return [
+        Route("/v2/users/current", v2_current_user),
         Route("/v2/projects/{pid}/datasets", project_datasets),
         Route("/v2/datasets", dataset_list),
         Route("/v2/datasets/{did}", dataset),

@@ -1,8 +1,8 @@
 """Isabl API v1 (Django REST Framework), as the API reference (seed 004) and isabl_cli describe it.
 
-- Paths (the seed has none; isabl_cli `api.py` calls `/{endpoint}` and `/{endpoint}/{id}` under
-  `ISABL_API_URL`, e.g. `http://host/api/v1/`): every path answers with and without a trailing
-  slash, as a DRF router with an optional slash does. Instances are found by pk, or by
+- Paths (the seed has none): DRF routers' `/{endpoint}/` and `/{endpoint}/{id}/` under the API
+  base, e.g. `http://host/api/v1/`. The unslashed spelling answers `301 Moved Permanently` to the
+  slashed one with an empty body, as Django's `APPEND_SLASH` (on by default) does. Instances are found by pk, or by
   `system_id` for individuals, samples and experiments (isabl_cli `get_instance`).
 - `Authorization: Token <key>` (DRF TokenAuthentication; the key comes from `rest-auth/login/`);
   anything else gets 401 `{"detail": ...}` with `WWW-Authenticate: Token`, as DRF answers.
@@ -583,9 +583,16 @@ def routes(world: World) -> list[Route]:
         world.stats.store_ranges.append(f"{object_id}:{start}-{end}")
         return file_response(world, path, start, length, 206 if span else 200, headers)
 
+    async def append_slash(request: Request) -> Response:
+        """Django's CommonMiddleware under APPEND_SLASH (the default): a path that matches only with
+        a trailing slash answers 301 to it, query kept, with an empty body."""
+        world.stats.api_requests += 1
+        query = f"?{request.url.query}" if request.url.query else ""
+        return Response(status_code=301, headers={"Location": f"{request.url.path}/{query}"})
+
     def both(path: str, endpoint, **kwargs) -> list[Route]:
-        """A DRF router with an optional trailing slash answers both spellings."""
-        return [Route(API + path, endpoint, **kwargs), Route(API + path + "/", endpoint, **kwargs)]
+        """A DRF router's route (slash-terminated), and its unslashed spelling redirected as Django does."""
+        return [Route(API + path + "/", endpoint, **kwargs), Route(API + path, append_slash, **kwargs)]
 
     table = both("/rest-auth/user", current_user)
     table += both("/analyses/{identifier}/stream", stream, methods=["GET"])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +46,7 @@ class EmulatorProcess:
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         command = [sys.executable, "-m", "omicsfs", "emulator", "--port", str(self.port), "--token", token,
                    "--large-file-size", str(large_file_size), "--data", str(self.data_dir)]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with(os.getpid()))
 
     def wait_ready(self, timeout: float = 600) -> EmulatorProcess:
         deadline = time.monotonic() + timeout
@@ -68,4 +71,21 @@ class EmulatorProcess:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _die_with(parent: int):
+    """A `preexec_fn` that makes the child end with its parent however the parent ends (a kill -9
+    included), so that no emulator is left holding its port: Linux's PR_SET_PDEATHSIG."""
+
+    def arrange() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above: nobody would tell us
+            os._exit(1)
+
+    return arrange
