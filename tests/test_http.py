@@ -7,6 +7,7 @@ clock tells how long the code chose to wait.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import errno
 import io
@@ -19,8 +20,10 @@ import httpx
 import pytest
 import trio
 
+import omicsfs.credentials
 import omicsfs.http
 from omicsfs.cli import Redact
+from omicsfs.credentials import Token, TokenAuth
 from omicsfs.errors import AccessDenied, NotFound, PlatformError, error_for_status
 from omicsfs.http import Http, PresignedURLs, RetryPolicy, error_detail, redact_url, server_delay
 
@@ -50,10 +53,13 @@ class Server:
     def __init__(self, *answers):
         self.answers = list(answers)
         self.requests: list[httpx.Request] = []
+        #: Each request's headers as sent (an auth flow may change a request's headers to send it again).
+        self.headers: list[httpx.Headers] = []
         self.times: list[float] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        self.headers.append(request.headers.copy())
         self.times.append(trio.current_time())
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if isinstance(answer, Exception):
@@ -605,3 +611,154 @@ async def test_concurrent_readers_of_one_file_resolve_its_url_once():
             nursery.start_soon(reader)
     assert resolutions == ["file-1"]
     assert found == ["https://store.example/file-1?X-Signature=s"] * 8
+
+
+# -- redirects -----------------------------------------------------------------------------------
+
+
+def redirect(code: int, location: str) -> httpx.Response:
+    return httpx.Response(code, headers={"Location": location})
+
+
+async def test_a_get_follows_a_redirect_on_its_origin_with_its_credentials(client_for):
+    """Django's APPEND_SLASH: 301 to the slashed path, query kept, empty body."""
+    server = Server(redirect(301, "/api/v1/projects/?limit=1"), ok(b'{"results": []}'))
+    http = http_for(client_for, server)
+    auth = TokenAuth(Token("tok-1"), "Authorization", "Token {}")
+    body = await http.get_json("https://isabl.example/api/v1/projects?limit=1", what="p", auth=auth, headers={"Accept": "application/json"})
+    assert body == {"results": []}
+    assert [str(r.url) for r in server.requests] == ["https://isabl.example/api/v1/projects?limit=1",
+                                                      "https://isabl.example/api/v1/projects/?limit=1"]
+    assert [h.get("authorization") for h in server.headers] == ["Token tok-1", "Token tok-1"]
+    assert server.requests[1].headers["accept"] == "application/json"
+
+
+@pytest.mark.parametrize("target", ["https://elsewhere.example/obj", "http://isabl.example/obj", "https://isabl.example:8443/obj"])
+async def test_a_redirect_to_another_origin_carries_no_credentials(client_for, target):
+    server = Server(redirect(302, target), ok(b"bytes"))
+    http = http_for(client_for, server)
+    auth = TokenAuth(Token("tok-1"), "X-SBG-Auth-Token")
+    response = await http.request("GET", "https://isabl.example/a", what="a", auth=auth,
+                                  headers={"X-Access-Token": "tok-2", "Range": "bytes=0-4"})
+    assert response.content == b"bytes"
+    second = server.requests[1]
+    assert str(second.url) == target
+    assert "x-sbg-auth-token" not in second.headers and "x-access-token" not in second.headers
+    assert second.headers["range"] == "bytes=0-4", "a ranged read stays ranged"
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+async def test_a_redirect_not_followed_is_an_error_naming_it_never_a_body(client_for, code):
+    server = Server(redirect(code, "https://api.example/v1/files/?X-Signature=deadbeef"))
+    http = http_for(client_for, server)
+    with pytest.raises(PlatformError) as info:
+        await http.request("POST", "https://api.example/v1/files", what="upload", json_body={})
+    message = str(info.value)
+    assert f"answered {code}" in message and "https://api.example/v1/files/?…" in message and "not followed" in message
+    assert_redacted(message)
+    assert len(server.requests) == 1
+
+
+async def test_a_redirect_loop_ends(client_for):
+    server = Server(redirect(301, "/a"))
+    http = http_for(client_for, server)
+    with pytest.raises(PlatformError, match="more than 5 redirects"):
+        await http.get_json("https://api.example/a", what="a")
+    assert len(server.requests) == 6
+
+
+async def test_a_redirect_can_be_taken_as_the_answer(client_for):
+    """BaseSpace's `content` answers 302 with the download URL in Location: the answer itself."""
+    server = Server(redirect(302, SIGNED))
+    http = http_for(client_for, server)
+    response = await http.request("GET", "https://api.example/v1pre3/files/7/content", what="f",
+                                  follow_redirects=False, ok=lambda code: 200 <= code < 400)
+    assert response.status_code == 302 and response.headers["location"] == SIGNED
+    assert len(server.requests) == 1
+
+
+# -- tokens read again on 401 --------------------------------------------------------------------
+
+
+def accepts(token: str):
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("x-access-token") != token:
+            return status(401, body={"ResponseStatus": {"Message": "Unauthorized"}})
+        return ok(b'{"Response": {}}')
+
+    return answer
+
+
+async def test_a_refused_token_is_read_again_from_its_file_and_the_request_retried(client_for, tmp_path, caplog):
+    token_file = tmp_path / "token"
+    token_file.write_text("old-token\n")
+    token = Token("old-token", ("token_file", str(token_file)), "[platforms.bs]")
+    server = Server(accepts("new-token"))
+    http = http_for(client_for, server)
+    auth = TokenAuth(token, "x-access-token")
+    token_file.write_text("new-token\n")
+    with caplog.at_level(logging.WARNING, logger="omicsfs.credentials"):
+        assert await http.get_json("https://api.example/x", what="x", auth=auth) == {"Response": {}}
+    assert [h["x-access-token"] for h in server.headers] == ["old-token", "new-token"]
+    assert token.value == "new-token"
+    assert "new-token" in omicsfs.credentials.secrets() and "old-token" in omicsfs.credentials.secrets()
+    (record,) = [r for r in caplog.records if "refused the token" in r.getMessage()]
+    assert str(token_file) in record.getMessage() and "[platforms.bs]" in record.getMessage()
+    assert "new-token" not in record.getMessage()
+    # Later requests carry the new token from the start.
+    await http.get_json("https://api.example/y", what="y", auth=auth)
+    assert server.headers[-1]["x-access-token"] == "new-token" and len(server.requests) == 3
+
+
+async def test_a_token_from_the_environment_is_read_again(client_for, monkeypatch):
+    monkeypatch.setenv("OMICSFS_T", "env-old")
+    token = Token("env-old", ("token_env", "OMICSFS_T"), "[platforms.bs]")
+    server = Server(accepts("env-new"))
+    http = http_for(client_for, server)
+    monkeypatch.setenv("OMICSFS_T", "env-new")
+    await http.get_json("https://api.example/x", what="x", auth=TokenAuth(token, "x-access-token"))
+    assert [h["x-access-token"] for h in server.headers] == ["env-old", "env-new"]
+
+
+@pytest.mark.parametrize("source", [None, "unchanged"])
+async def test_a_refused_token_that_did_not_change_is_refused_once(client_for, tmp_path, source):
+    token_file = tmp_path / "token"
+    token_file.write_text("old-token")
+    token = Token("old-token", ("token_file", str(token_file)) if source else None, "[platforms.bs]")
+    server = Server(accepts("new-token"))
+    http = http_for(client_for, server)
+    with pytest.raises(AccessDenied):
+        await http.get_json("https://api.example/x", what="x", auth=TokenAuth(token, "x-access-token"))
+    assert len(server.requests) == 1
+
+
+def jwt(claims: dict) -> str:
+    encode = lambda part: base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")  # noqa: E731
+    return f"{encode({'alg': 'HS256'})}.{encode(claims)}.c2ln"
+
+
+async def test_a_jwt_near_its_expiry_is_warned_of_at_mount_and_an_hour_before(autojump_clock, tmp_path, caplog, monkeypatch):
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(omicsfs.credentials, "time", types.SimpleNamespace(time=lambda: now[0] + trio.current_time()))
+    token_file = tmp_path / "bugseq.token"
+    token = Token(jwt({"exp": now[0] + 5 * 3600}), ("token_file", str(token_file)), "[platforms.bugseq]")
+    token_file.write_text(token.value)
+    with caplog.at_level(logging.WARNING, logger="omicsfs.credentials"):
+        await omicsfs.credentials.watch_expiry(token, "bugseq")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert all("[platforms.bugseq]" in w and str(token_file) in w and "2027-01-15 13:00:00 UTC" in w for w in warnings)
+    assert "in 5.0 h" in warnings[0] and "in 1.0 h" in warnings[1]
+    assert trio.current_time() == pytest.approx(5 * 3600, abs=2), "the watch ends when the token expires"
+
+
+async def test_no_expiry_warning_once_the_file_holds_a_fresh_token(autojump_clock, tmp_path, caplog, monkeypatch):
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(omicsfs.credentials, "time", types.SimpleNamespace(time=lambda: now[0] + trio.current_time()))
+    token_file = tmp_path / "bugseq.token"
+    token = Token(jwt({"exp": now[0] + 5 * 3600}), ("token_file", str(token_file)), "[platforms.bugseq]")
+    token_file.write_text(jwt({"exp": now[0] + 400 * 86400}))  # replaced before the watch looked
+    with caplog.at_level(logging.WARNING, logger="omicsfs.credentials"):
+        with trio.move_on_after(10 * 86400):
+            await omicsfs.credentials.watch_expiry(token, "bugseq")
+    assert caplog.records == []

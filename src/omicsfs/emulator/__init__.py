@@ -61,6 +61,8 @@ class Stats:
     store_requests: int = 0
     store_bytes: int = 0
     injected_failures: int = 0
+    #: Redirects answered (Django's APPEND_SLASH): a client that asks canonical paths causes none.
+    redirects: int = 0
     store_ranges: list[str] = field(default_factory=list)
 
 

@@ -587,6 +587,7 @@ def routes(world: World) -> list[Route]:
         """Django's CommonMiddleware under APPEND_SLASH (the default): a path that matches only with
         a trailing slash answers 301 to it, query kept, with an empty body."""
         world.stats.api_requests += 1
+        world.stats.redirects += 1
         query = f"?{request.url.query}" if request.url.query else ""
         return Response(status_code=301, headers={"Location": f"{request.url.path}/{query}"})
 
