@@ -327,6 +327,9 @@ class Http:
                         if chunk:
                             position += len(chunk)
                             received += len(chunk)
+                            if position >= end:  # before the last yield: a consumer may stop there
+                                log.debug("%s: received bytes %d-%d in %.3f s", what, position - received, end - 1,
+                                          time.monotonic() - started)
                             yield chunk
                         if position >= end:
                             break
@@ -340,8 +343,6 @@ class Http:
                 delay = self.retry.backoff(failures - 1)
                 log.warning("%s: %s; resuming at byte %d in %.1f s", what, cause, position, delay)
                 await trio.sleep(delay)
-                continue
-            log.debug("%s: received bytes %d-%d in %.3f s", what, position - received, position - 1, time.monotonic() - started)
 
     async def object_size(
         self, url: str, *, what: str, headers: dict[str, str] | None = None, params: dict | None = None,

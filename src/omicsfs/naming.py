@@ -1,7 +1,8 @@
 """Names in the mount: safe for every tool, unique among siblings, the same on every mount.
 
-Platforms allow names a file system cannot show (`/`, NUL, `..`, 300 bytes) and let siblings share
-a name (two projects called "RNA Pilot"). Every member of a group of same-named siblings gets its
+Platforms allow names a file system cannot show (`/`, NUL, `..`, 300 bytes, text UTF-8 cannot
+encode) or a shell mangles (newlines, tabs, escapes), and let siblings share a name (two projects
+called "RNA Pilot"). Every member of a group of same-named siblings gets its
 id appended, so a name never depends on which sibling was listed first, and a sibling appearing
 later never renames the others' ids.
 """
@@ -77,7 +78,9 @@ def unique_names(items: Sequence[T], name_of, uid_of, reserved: Iterable[str] = 
     for name, group in sorted(groups.items()):
         if name in plain:
             continue
-        for item in sorted(group, key=lambda item: uid_of(item) or ""):
+        # By id, then by the platform's own name (which `safe_name` may have made equal): an order
+        # that depends on the siblings only, never on the listing.
+        for item in sorted(group, key=lambda item: (uid_of(item) or "", name_of(item))):
             uid = uid_of(item) or "?"
             candidate = with_id(name, uid)
             counter = 2
