@@ -335,12 +335,22 @@ async def test_custom_ok(client_for):
     assert response.status_code == 404
 
 
-async def test_body_that_is_not_json(client_for):
+async def test_body_that_is_not_json_every_time(client_for, autojump_clock):
     server = Server(ok(b"<html>maintenance</html>"))
     http = http_for(client_for, server)
-    with pytest.raises(PlatformError, match="not JSON") as info:
+    with pytest.raises(PlatformError, match="gave up after 4 attempts.*not JSON") as info:
         await http.get_json(SIGNED, what="list")
     assert_redacted(str(info.value))
+    assert len(server.requests) == 4
+
+
+async def test_a_garbled_or_cut_json_answer_is_tried_again(client_for, autojump_clock):
+    cut = httpx.Response(200, stream=Body(b'{"items": [1, 2, 3]}' * 100, cut_after=1000))
+    server = Server(ok(b'{"items": [1, 2'), cut, ok(b'{"items": [1, 2, 3]}'))
+    http = http_for(client_for, server)
+    response, body = await http.json("POST", "https://api.example/bulk", what="bulk", json_body={"ids": [1]})
+    assert body == {"items": [1, 2, 3]} and response.status_code == 200
+    assert len(server.requests) == 3 and all(gap >= 0.25 for gap in server.gaps)
 
 
 # -- Http.read_range ------------------------------------------------------------------------------

@@ -277,17 +277,25 @@ class Http:
             await response.aclose()
         return response
 
-    async def get_json(self, url: str, *, what: str, **options) -> object:
-        """GET a JSON answer; a 200 whose body is not JSON (cut, or garbled) is a failed attempt."""
+    async def json(self, method: str, url: str, *, what: str, **options) -> tuple[httpx.Response, object]:
+        """A request whose 2xx answer is JSON: the response and its parsed body (None for a 204 or
+        a 3xx that `ok` accepts). A 2xx whose body is not JSON (cut, or garbled) is a failed
+        attempt, tried again."""
 
-        async def attempt() -> object:
-            response = await self._whole("GET", url, what, options)
+        async def attempt() -> tuple[httpx.Response, object]:
+            response = await self._whole(method, url, what, options)
+            if not _ok(response.status_code) or response.status_code == 204:
+                return response, None
             try:
-                return response.json()
+                return response, response.json()
             except (json.JSONDecodeError, UnicodeDecodeError):
-                raise _Retry(f"GET {redact_url(url)} answered {response.status_code} with a body that is not JSON") from None
+                raise _Retry(f"{method} {redact_url(url)} answered {response.status_code} with a body that is not JSON") from None
 
         return await self._retrying(what, attempt)
+
+    async def get_json(self, url: str, *, what: str, **options) -> object:
+        """The parsed body of a GET (see `json`)."""
+        return (await self.json("GET", url, what=what, **options))[1]
 
     async def read_range(
         self,

@@ -283,13 +283,13 @@ class BaseSpace(Platform):
     async def _resolve_content(self, file_id: str) -> tuple[str, float | None]:
         what = f"{self.name}: file {file_id} content"
         # A 302 to the store is an answer here (its Location is the URL), not a redirect to follow.
-        response = await self.http.request(
+        response, answer = await self.http.json(
             "GET", self._url(f"files/{file_id}/content"), what=what, auth=self.auth, params={"redirect": "meta"},
             follow_redirects=False, ok=lambda status: 200 <= status < 400,
         )
         if response.is_redirect:
             return response.headers["location"], _expiry(response.headers.get("expires"))
-        body = response.json().get("Response") or {}
+        body = (answer.get("Response") if isinstance(answer, dict) else None) or {}
         url = body.get("HrefContent")
         if not url:
             raise PlatformError(f"{what}: BaseSpace gave no download URL")

@@ -90,16 +90,15 @@ class SevenBridges(Platform):
         return f"{self.base}/{path.lstrip('/')}"
 
     async def _get(self, path: str, *, what: str, params: dict | None = None) -> dict:
-        response = await self.http.request("GET", self._url(path), what=what, headers=self.headers, auth=self.auth, params=params)
-        return _json_object(response, what)
+        return _json_object(await self.http.json("GET", self._url(path), what=what, headers=self.headers, auth=self.auth, params=params), what)
 
     async def _items(self, path: str, *, what: str, params: dict | None = None) -> list[dict]:
         """Every item of a list, page by page, with all fields."""
         items: list[dict] = []
         while True:
             query = {**(params or {}), "offset": len(items), "limit": PAGE_LIMIT, "fields": "_all"}
-            response = await self.http.request("GET", self._url(path), what=what, headers=self.headers, auth=self.auth, params=query)
-            body = _json_object(response, what)
+            answer = await self.http.json("GET", self._url(path), what=what, headers=self.headers, auth=self.auth, params=query)
+            response, body = answer[0], _json_object(answer, what)
             page = body.get("items") or []
             items.extend(page)
             total = response.headers.get("x-total-matching-query")
@@ -226,10 +225,10 @@ class SevenBridges(Platform):
         entries = []
         for start in range(0, len(ids), BULK_LIMIT):
             chunk = ids[start : start + BULK_LIMIT]
-            response = await self.http.request(
+            answer = await self.http.json(
                 "POST", self._url("bulk/files/get"), what=f"{what} outputs", headers=self.headers, auth=self.auth, json_body={"file_ids": chunk}
             )
-            for record in _json_object(response, what).get("items") or []:
+            for record in _json_object(answer, what).get("items") or []:
                 if record.get("resource"):
                     entries.append(self._file_or_folder(record["resource"]))
                 else:
@@ -251,11 +250,8 @@ class SevenBridges(Platform):
         return self.urls.read_range(file_id, start, end, what=what)
 
 
-def _json_object(response: httpx.Response, what: str) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+def _json_object(answer: tuple[httpx.Response, object], what: str) -> dict:
+    response, body = answer
     if not isinstance(body, dict):
         raise PlatformError(f"{what}: Seven Bridges answered {redact_url(response.url)} with something other than a JSON object")
     return body
