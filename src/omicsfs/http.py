@@ -14,7 +14,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Hashable
 from typing import NoReturn, TypeVar
 from dataclasses import dataclass, field
 
@@ -118,6 +118,9 @@ def error_detail(response: httpx.Response) -> str:
 #: Failures of the transport, at any point of a request: worth another try. Cut bodies and bad
 #: chunked encoding are `RemoteProtocolError`s; a body that fails to decompress is a `DecodingError`.
 RETRY_EXCEPTIONS = (httpx.TransportError, httpx.DecodingError)
+#: A request body: bytes, or a function giving a fresh stream of them for each attempt (a part
+#: read from its staging file as it is sent; give its length in a Content-Length header).
+Content = bytes | Callable[[], AsyncIterable[bytes]] | None
 #: Redirects followed for one GET (Django's APPEND_SLASH, FastAPI's slash redirects, a moved API).
 MAX_REDIRECTS = 5
 #: Headers that may follow a redirect to another origin: nothing that could carry a credential.
@@ -179,7 +182,7 @@ class Http:
         headers: dict[str, str] | None,
         params: dict | None,
         json_body: object,
-        content: bytes | None,
+        content: Content,
         auth: httpx.Auth | None,
         ok: Callable[[int], bool],
         follow_redirects: bool | None,
@@ -190,7 +193,8 @@ class Http:
         (`auth`, and every header but a few harmless ones) go only to the origin of `url`. Any
         other redirect is an error that names it, never a body to parse.
         """
-        request = self.client.build_request(method, url, headers=headers, params=params, json=json_body, content=content)
+        body = content() if callable(content) else content  # a fresh stream for each attempt
+        request = self.client.build_request(method, url, headers=headers, params=params, json=json_body, content=body)
         origin = _origin(request.url)
         follow = method in ("GET", "HEAD") if follow_redirects is None else follow_redirects
         for _ in range(MAX_REDIRECTS + 1):
@@ -244,7 +248,7 @@ class Http:
         headers: dict[str, str] | None = None,
         params: dict | None = None,
         json_body: object = None,
-        content: bytes | None = None,
+        content: Content = None,
         auth: httpx.Auth | None = None,
         ok: Callable[[int], bool] = _ok,
         follow_redirects: bool | None = None,

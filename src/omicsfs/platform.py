@@ -8,6 +8,8 @@ handed out. The core owns inodes, naming, caching and FUSE; a platform owns its 
 from __future__ import annotations
 
 import abc
+import base64
+import errno
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
@@ -82,6 +84,14 @@ class Entry:
     children: list[Entry] | None = None
     #: A small file's whole content, when the platform has it at hand (a job's JSON answer).
     content: bytes | None = None
+    #: What may be done here, where the platform allows it (see `Platform`'s writing methods):
+    #: on a directory, "create" (new files inside, uploaded) and "mkdir" (new directories inside);
+    #: on any entry, "delete" (rm, rmdir), "rename" (mv) and, on a file, "replace" (writing over
+    #: it replaces it on the platform). Anything not allowed fails at once (EROFS or EPERM).
+    allows: frozenset[str] = frozenset()
+    #: The platform cannot list what is uploaded into this directory (BugSeq's uploads): the mount
+    #: keeps a durable record of each upload it confirmed and lists those here.
+    remembers_uploads: bool = False
 
 
 def json_content(value: object) -> bytes:
@@ -92,6 +102,43 @@ def json_content(value: object) -> bytes:
         return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
     except UnicodeEncodeError:
         return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class PartRules:
+    """How a platform takes a file in parts; the core plans the parts within these rules."""
+
+    #: Every part but the last is at least this long (S3: 5 MiB).
+    min_part: int
+    #: Every part is at most this long (BaseSpace: 25 MB; S3: 5 GiB).
+    max_part: int
+    #: Parts are numbered 1..max_parts.
+    max_parts: int = 10_000
+    #: Files up to this size go in one request (`upload_whole`), not in parts.
+    whole_max: int = 0
+    #: The upload must be told the file's size when it begins (Seven Bridges): it begins at close.
+    #: Otherwise parts stream while the file is still being written.
+    needs_size: bool = False
+    #: A part's ETag is the hex MD5 of its bytes (S3, BaseSpace): the core checks it and sends a
+    #: part again when it differs.
+    etag_is_md5: bool = True
+
+
+@dataclass(frozen=True)
+class PartBody:
+    """The bytes of one part (or of a whole small file), read from the staging file as sent.
+
+    `stream()` gives a fresh iterator each call, so that a retried request sends the bytes again
+    without holding them in memory; `md5` is their MD5 (`Content-MD5` is its base64).
+    """
+
+    size: int
+    md5: bytes
+    stream: Callable[[], AsyncIterator[bytes]]
+
+    @property
+    def content_md5(self) -> str:
+        return base64.b64encode(self.md5).decode()
 
 
 @dataclass(frozen=True)
@@ -170,3 +217,63 @@ class Platform(abc.ABC):
     async def space_usage(self) -> SpaceUsage | None:
         """The account's quota and usage, where the platform tells them."""
         return None
+
+    # -- writing ------------------------------------------------------------------------------
+    #
+    # A platform that takes writes declares `part_rules` and implements the methods below for the
+    # entries whose `allows` say so; a read-only platform implements none of them. The core owns
+    # staging, the journal, part planning, parallelism, retries and resuming; a platform owns only
+    # its API calls. An upload's `handle` is plain JSON-able data (a dict of str/int/lists) that
+    # the journal stores and hands back after a restart; entry keys are tuples of str/int, so that
+    # the journal can store a parent's key and rebuild it (`Entry(name, True, key)`): `begin_upload`
+    # and `make_directory` may rely on `parent.key` only.
+
+    #: None: the platform takes no writes.
+    part_rules: ClassVar[PartRules | None] = None
+
+    async def make_directory(self, parent: Entry, name: str) -> Entry:
+        """Create directory `name` in `parent` (a project, a folder...) and describe it.
+
+        A platform whose folders exist only through the paths of their files (BaseSpace's Files)
+        returns an entry with `children=[]` without asking its API: the core shows it until a
+        listing of `parent` includes it.
+        """
+        raise PlatformError(f"{self.name}: directories cannot be created here", errno_=errno.EROFS)
+
+    async def begin_upload(self, parent: Entry, name: str, size: int | None, replacing: Entry | None) -> dict:
+        """Start a multipart upload of file `name` into `parent`; its handle. `size` is None when
+        the file is still being written (only where `part_rules.needs_size` is False);
+        `replacing` is the platform file being overwritten, where `"replace"` is allowed."""
+        raise PlatformError(f"{self.name}: files cannot be written here", errno_=errno.EROFS)
+
+    async def upload_part(self, handle: dict, number: int, body: PartBody) -> str:
+        """Send part `number` (from 1); the ETag the platform answered. Safe to call again for the
+        same number (a retry or a rewritten part replaces it)."""
+        raise NotImplementedError
+
+    async def complete_upload(self, handle: dict, parts: list[tuple[int, str]], size: int) -> Entry:
+        """Finish the upload from its (number, ETag) parts; the new file as a listing shows it."""
+        raise NotImplementedError
+
+    async def abort_upload(self, handle: dict) -> None:
+        """Give up an upload the platform holds unfinished (best effort)."""
+
+    async def upload_whole(self, parent: Entry, name: str, body: PartBody, replacing: Entry | None) -> Entry:
+        """Upload a file of at most `part_rules.whole_max` bytes in one go; the new file."""
+        raise NotImplementedError
+
+    async def delete(self, entry: Entry) -> None:
+        """Delete a file or an empty directory (where its `allows` has "delete")."""
+        raise PlatformError(f"{self.name}: {entry.name} cannot be deleted", errno_=errno.EPERM)
+
+    async def rename(self, entry: Entry, new_parent: Entry, new_name: str) -> Entry:
+        """Rename or move an entry (where its `allows` has "rename"); the entry as it is now."""
+        raise PlatformError(f"{self.name}: {entry.name} cannot be renamed", errno_=errno.EPERM)
+
+    #: Explicit acts on an entry that no file operation expresses, by name (BaseSpace: "complete"
+    #: an app result's session), run by `omicsfs <action> PATH`.
+    actions: ClassVar[frozenset[str]] = frozenset()
+
+    async def perform(self, action: str, entry: Entry) -> str:
+        """Do `action` on `entry`; a sentence saying what was done, for the user."""
+        raise PlatformError(f"{self.name}: {action} is not something {self.title} does", errno_=errno.EINVAL)

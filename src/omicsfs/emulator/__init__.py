@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route
 
 DEFAULT_TOKEN = "omicsfs-demo-token"
 #: Not platform modules: the shared pieces of the emulator package.
-_SHARED_MODULES = {"sampledata", "server"}
+_SHARED_MODULES = {"sampledata", "server", "multipart"}
 
 
 @dataclass
@@ -48,6 +48,12 @@ class Knobs:
     #: Paths under these prefixes answer 404, as a server without those endpoints (an older or
     #: private installation: BaseSpace without `/v2/`, Isabl without `rest-auth/user/`).
     absent_prefixes: list[str] = field(default_factory=list)
+    #: Faults of uploaded parts (`multipart.py`): each `{"part": N (any if absent), "fault":
+    #: "status" | "drop" | "slow" | "badetag", "count": 1, "status": 500, "after": bytes before
+    #: a drop, "seconds": a slow part's delay}`.
+    part_faults: list[dict] = field(default_factory=list)
+    #: Seconds a presigned part URL stays valid (Seven Bridges says about a minute).
+    part_url_lifetime: float = 60.0
     #: The token the platforms accept from now on (None: the one the emulator started with), to
     #: test a token rotated while mounted.
     token: str | None = None
@@ -63,6 +69,13 @@ class Stats:
     injected_failures: int = 0
     #: Redirects answered (Django's APPEND_SLASH): a client that asks canonical paths causes none.
     redirects: int = 0
+    #: Writes: multipart uploads begun and completed, part requests received and parts accepted,
+    #: and the bytes of accepted parts (a whole small file counts as one part).
+    uploads_started: int = 0
+    uploads_completed: int = 0
+    part_requests: int = 0
+    parts_received: int = 0
+    upload_bytes: int = 0
     store_ranges: list[str] = field(default_factory=list)
 
 
@@ -78,6 +91,8 @@ class World:
         self._key = hashlib.sha256(b"omicsfs-emulator" + token.encode()).digest()
         #: object id -> file on disk, registered by each platform's emulator.
         self.objects: dict[str, Path] = {}
+        #: Unfinished multipart uploads (`multipart.PartStore`), set when the app is built.
+        self.parts = None
 
     @property
     def token(self) -> str:
@@ -252,8 +267,12 @@ class _InjectFailures:
 
 
 def build_app(world: World) -> Starlette:
+    from omicsfs.emulator import multipart  # it builds on this module
+
+    world.parts = multipart.PartStore(world)
     routes = [
         Route("/store/{object_id}", store_object, methods=["GET", "HEAD"]),
+        Route("/store/uploads/{upload_id}/{number:int}", multipart.store_part, methods=["PUT"]),
         Route("/_emulator/stats", get_stats),
         Route("/_emulator/stats/reset", reset_stats, methods=["POST"]),
         Route("/_emulator/knobs", knobs, methods=["GET", "POST"]),
