@@ -101,6 +101,9 @@ def _serve_foreground(config: Config, mountpoint: Path, ready_fd: int | None, ba
 
 def _mount_background(args: argparse.Namespace, mountpoint: Path, log_file: Path) -> int:
     """Start the daemon and wait until it reports the mount live or failed."""
+    from omicsfs.mount import is_mounted, unmount
+
+    mounted_before = is_mounted(mountpoint)  # someone else's: a failed daemon must not unmount it
     read_end, write_end = os.pipe()
     command = [sys.executable, "-m", "omicsfs", "mount", str(mountpoint), "--foreground", "--ready-fd", str(write_end),
                "--log-file", str(log_file)]
@@ -121,9 +124,7 @@ def _mount_background(args: argparse.Namespace, mountpoint: Path, log_file: Path
         return 0
     code = daemon.wait()
     print(message or f"omicsfs: the daemon exited with status {code} before mounting; see {log_file}", file=sys.stderr)
-    from omicsfs.mount import is_mounted, unmount
-
-    if is_mounted(mountpoint):  # never leave a dead mount point behind
+    if not mounted_before and is_mounted(mountpoint):  # never leave a dead mount point behind
         unmount(mountpoint, lazy=True)
     return 1
 
