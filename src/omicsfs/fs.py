@@ -92,6 +92,8 @@ class Filesystem(pyfuse3.Operations):
         self.cache = cache
         self.settings = settings or Settings()
         self.uid, self.gid = os.getuid(), os.getgid()
+        #: Directories the platform gives no date (the root, each platform's top) show the mount's start, not 1970.
+        self.started = time.time()
         root = Entry("", True, "root")
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, root, None, "")}
         self._inodes_by_identity: dict[tuple, int] = {}
@@ -191,7 +193,7 @@ class Filesystem(pyfuse3.Operations):
         attrs.st_uid, attrs.st_gid = self.uid, self.gid
         attrs.st_blksize = BLOCK_SIZE
         attrs.st_blocks = -(-attrs.st_size // 512)
-        mtime_ns = int(entry.mtime * 1e9)
+        mtime_ns = int((entry.mtime or (self.started if entry.is_dir else 0.0)) * 1e9)
         attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = mtime_ns
         return attrs
 
