@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import re
@@ -160,12 +161,28 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 # -- emulator and demo ---------------------------------------------------------------------------
 
+#: What `omicsfs[emulator]` adds; `pip install omicsfs` alone has none of them.
+EMULATOR_PACKAGES = ("starlette", "uvicorn", "pysam")
+
+
+def emulator_installed(command: str) -> bool:
+    """Whether the emulator's packages are there; if not, say how to get them (not a traceback)."""
+    missing = [name for name in EMULATOR_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"omicsfs {command} runs the built-in emulator, whose packages are not installed here ({', '.join(missing)}).\n"
+              "Install omicsfs with its emulator extra: pip install 'omicsfs[emulator]' "
+              "(from a checkout: pip install '.[emulator]', or pipx install --force '.[emulator]')", file=sys.stderr)
+    return not missing
+
 
 def cmd_emulator(args: argparse.Namespace) -> int:
+    if not emulator_installed("emulator"):
+        return 1
+    from omicsfs.emulator import DEFAULT_TOKEN
     from omicsfs.emulator.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.port, Path(args.data) if args.data else None, args.token, parse_size(args.large_file_size), args.host)
+    serve(args.port, Path(args.data) if args.data else None, args.token or DEFAULT_TOKEN, parse_size(args.large_file_size), args.host)
     return 0
 
 
@@ -203,6 +220,8 @@ def demo_config(url: str, token: str, cache_dir: Path) -> Config:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not emulator_installed("demo"):
+        return 1
     from omicsfs.emulator.server import EmulatorProcess
 
     mountpoint = Path(args.mountpoint).absolute()
@@ -268,8 +287,4 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if getattr(args, "command", None) == "emulator" and args.token is None:
-        from omicsfs.emulator import DEFAULT_TOKEN
-
-        args.token = DEFAULT_TOKEN
     return args.run(args)
