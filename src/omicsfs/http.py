@@ -129,16 +129,17 @@ class Http:
         headers: dict[str, str] | None = None,
         params: dict | None = None,
         json_body: object = None,
+        form: dict[str, str] | None = None,
         ok: Callable[[int], bool] = lambda status: status < 400,
     ) -> AsyncIterator[httpx.Response]:
         """Send a request and yield the response once its headers are in; the body is read by the caller.
 
         `what` names what the request is for (a path in the mount, an API object); it leads every
-        log line and error message.
+        log line and error message. `json_body` or `form` (urlencoded, as OAuth endpoints take it) is the body.
         """
         cause = ""
         for attempt in range(self.retry.attempts):
-            request = self.client.build_request(method, url, headers=headers, params=params, json=json_body)
+            request = self.client.build_request(method, url, headers=headers, params=params, json=json_body, data=form)
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.TransportError as exc:
