@@ -17,6 +17,8 @@ import trio
 from omicsfs import __version__
 from omicsfs.config import Config, PlatformConfig, load, parse_size, xdg_dir
 from omicsfs.errors import OmicsfsError
+from omicsfs.service import notify
+from omicsfs.service.journal import JournalFormatter, stderr_is_journal
 
 log = logging.getLogger("omicsfs")
 
@@ -46,7 +48,8 @@ class Redact(logging.Filter):
 
 def setup_logging(debug: bool, secrets: list[str], log_file: Path | None = None) -> None:
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    journal = log_file is None and stderr_is_journal()  # a systemd service: journald stamps the lines
+    handler.setFormatter(JournalFormatter() if journal else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(Redact(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -92,6 +95,7 @@ def _serve_foreground(config: Config, mountpoint: Path, ready_fd: int | None, ba
     except OmicsfsError as exc:
         message = f"omicsfs: {exc}"
         log.error("%s", exc)
+        notify.status(f"failed: {exc}")
         if ready_fd is not None:
             os.write(ready_fd, message.encode() + b"\n")
         if ready_fd is None or sys.stderr.isatty():

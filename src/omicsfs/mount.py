@@ -26,6 +26,7 @@ from omicsfs.fs import Filesystem, Settings
 from omicsfs.http import Http, new_client
 from omicsfs.platform import Platform
 from omicsfs.platforms import platform_class
+from omicsfs.service import notify
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,15 @@ def tune_device(mountpoint: Path) -> None:
 
 
 async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> None:
-    """Mount and serve until unmounted or sent SIGINT/SIGTERM. Raises `OmicsfsError` before mounting."""
+    """Mount and serve until unmounted or sent SIGINT/SIGTERM. Raises `OmicsfsError` before mounting.
+
+    A service manager is told what it does (`notify`): the tokens being checked, the mount live
+    (READY=1), the mount ending (STOPPING=1).
+    """
     prepare_mountpoint(mountpoint)
     async with new_client() as client:
         platforms = build_platforms(config, Http(client))
+        notify.status(f"checking the tokens of {', '.join(platforms)}")
         await check_credentials(platforms)
         disk = DiskCache(config.cache_dir, config.cache_size)
         async with trio.open_nursery() as nursery:
@@ -141,6 +147,7 @@ async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> 
                 nursery.start_soon(_announce, mountpoint, ready)
                 nursery.start_soon(_terminate_on_signal)
                 await pyfuse3.main()
+                notify.stopping(f"unmounting {mountpoint}")
                 with trio.move_on_after(FLUSH_TIMEOUT):  # what a remount should find on disk
                     await cache.flush()
             finally:
@@ -153,6 +160,7 @@ async def _announce(mountpoint: Path, ready: Callable[[], None]) -> None:
     # In a thread: stat() on our own mount point needs the FUSE loop running to be answered.
     await trio.to_thread.run_sync(tune_device, mountpoint)
     log.info("mounted %s", mountpoint)
+    notify.ready(f"mounted at {mountpoint}")
     ready()
 
 
