@@ -74,6 +74,8 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         config.memory_cache_size = parse_size(args.memory_cache_size)
     if args.metadata_ttl is not None:
         config.metadata_ttl = args.metadata_ttl
+    if args.allow_other:
+        config.allow_other = True
     return config
 
 
@@ -116,8 +118,9 @@ def _mount_background(args: argparse.Namespace, mountpoint: Path, log_file: Path
         value = getattr(args, option)
         if value is not None:
             command += [f"--{option.replace('_', '-')}", str(value)]
-    if args.debug:
-        command.append("--debug")
+    for flag in ("allow_other", "debug"):
+        if getattr(args, flag):
+            command.append(f"--{flag.replace('_', '-')}")
     with open(log_file, "ab") as log_output:
         daemon = subprocess.Popen(command, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=log_output,
                                   stderr=log_output, start_new_session=True)
@@ -261,6 +264,8 @@ def parser() -> argparse.ArgumentParser:
     mount.add_argument("--cache-size", help="on-disk block cache size, e.g. 10G (default 10G)")
     mount.add_argument("--memory-cache-size", help="in-memory block cache size, e.g. 256M (default 256M)")
     mount.add_argument("--metadata-ttl", type=float, help="seconds listings and attributes are cached (default 60)")
+    mount.add_argument("--allow-other", action="store_true",
+                       help="let other users in, as the mode bits allow (non-root: needs user_allow_other in /etc/fuse.conf)")
     mount.add_argument("--debug", action="store_true", help="log every operation")
     mount.add_argument("--log-file", help="log file (default: stderr in the foreground, else ~/.local/state/omicsfs/omicsfs.log)")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)

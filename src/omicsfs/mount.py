@@ -38,8 +38,34 @@ MAX_WINDOW = 64 * 1024 * 1024
 FLUSH_TIMEOUT = 30
 
 
-def mount_options() -> list[str]:
-    return ["fsname=omicsfs", "subtype=omicsfs", "ro", "default_permissions", "noatime"]
+#: Where fusermount3 reads whether users other than root may mount with allow_other.
+FUSE_CONF = Path("/etc/fuse.conf")
+
+
+def mount_options(config: Config) -> list[str]:
+    """FUSE's options for a mount of `config`.
+
+    The mount's source (`mount`, `df`, findmnt) is the configuration file: mount(8) then finds an
+    fstab line (`/etc/omicsfs/lab.toml /mnt/omics fuse.omicsfs ...`) already mounted, and `mount -a`
+    leaves it be. `default_permissions`: the kernel checks the mode bits, for the owner and, with
+    `allow_other`, for everyone.
+    """
+    source = os.path.abspath(config.source) if not config.source.startswith("<") else "omicsfs"  # "<demo>": no file
+    source = source.replace("\\", "\\\\").replace(",", "\\,")  # FUSE splits options at unescaped commas
+    options = [f"fsname={source}", "subtype=omicsfs", "ro", "default_permissions", "noatime"]
+    return options + (["allow_other"] if config.allow_other else [])
+
+
+def allow_other_permitted(fuse_conf: Path = FUSE_CONF, uid: int | None = None) -> bool:
+    """Whether fusermount3 will mount with allow_other for us: always for root, for others only
+    when fuse.conf holds a `user_allow_other` line."""
+    if (os.getuid() if uid is None else uid) == 0:
+        return True
+    try:
+        lines = fuse_conf.read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.partition("#")[0].strip() == "user_allow_other" for line in lines)
 
 
 def mount_points() -> list[str]:
@@ -76,8 +102,11 @@ def daemon_pid(mountpoint: Path) -> int | None:
     return None
 
 
-def prepare_mountpoint(mountpoint: Path) -> None:
-    """Fail early on a bad mount point; clear a dead one a crashed daemon left behind."""
+def prepare_mountpoint(mountpoint: Path, allow_other: bool = False) -> None:
+    """Fail early on a bad mount point or option; clear a dead mount a crashed daemon left behind."""
+    if allow_other and not allow_other_permitted():
+        raise OmicsfsError(f"allow_other: only root may use it unless {FUSE_CONF} has a line user_allow_other "
+                           f"(as root: echo user_allow_other >> {FUSE_CONF})")
     try:
         os.stat(mountpoint)
     except OSError as exc:
@@ -131,7 +160,7 @@ async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> 
     A service manager is told what it does (`notify`): the tokens being checked, the mount live
     (READY=1), the mount ending (STOPPING=1).
     """
-    prepare_mountpoint(mountpoint)
+    prepare_mountpoint(mountpoint, config.allow_other)
     async with new_client() as client:
         platforms = build_platforms(config, Http(client))
         notify.status(f"checking the tokens of {', '.join(platforms)}")
@@ -142,7 +171,7 @@ async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> 
             # The prefetch window is capped so that prefetched blocks still fit the memory cache.
             settings = Settings(metadata_ttl=config.metadata_ttl, max_window=min(MAX_WINDOW, config.memory_cache_size // 2))
             filesystem = Filesystem(platforms, cache, settings)
-            pyfuse3.init(filesystem, str(mountpoint), mount_options())
+            pyfuse3.init(filesystem, str(mountpoint), mount_options(config))
             try:
                 nursery.start_soon(_announce, mountpoint, ready)
                 nursery.start_soon(_terminate_on_signal)
