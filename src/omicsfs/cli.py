@@ -1,4 +1,4 @@
-"""The `omicsfs` command: mount, unmount, demo, emulator."""
+"""The `omicsfs` command: mount, unmount, login, demo, emulator."""
 
 from __future__ import annotations
 
@@ -166,6 +166,15 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- login ---------------------------------------------------------------------------------------
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from omicsfs.login import login
+
+    return login(Path(args.config) if args.config else None, args.name)
+
+
 # -- emulator and demo ---------------------------------------------------------------------------
 
 #: What `omicsfs[emulator]` adds; `pip install omicsfs` alone has none of them.
@@ -275,6 +284,11 @@ def parser() -> argparse.ArgumentParser:
     unmount.add_argument("mountpoint")
     unmount.add_argument("--lazy", "-z", action="store_true", help="detach now, clean up when no longer busy")
     unmount.set_defaults(run=cmd_unmount)
+
+    login = commands.add_parser("login", help="get a platform's token and keep it in the table's token_file")
+    login.add_argument("name", help="the platform table, [platforms.NAME]")
+    login.add_argument("--config", help="configuration file (default: $OMICSFS_CONFIG, else ~/.config/omicsfs/config.toml)")
+    login.set_defaults(run=cmd_login)
 
     demo = commands.add_parser("demo", help="mount the built-in emulator's sample data")
     demo.add_argument("mountpoint")
