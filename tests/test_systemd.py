@@ -139,7 +139,8 @@ def test_a_refused_token_sends_no_ready_and_exits_non_zero(fresh_emulator, tmp_p
     finally:
         stop(daemon, mountpoint)
         listener.close()
-    assert "<3>omicsfs: basespace: BaseSpace at" in journal.read_text()
+    refusals = [line for line in journal.read_text().splitlines() if "rejected the access token" in line]
+    assert len(refusals) == 1 and refusals[0].startswith("<3>omicsfs: basespace: BaseSpace at"), refusals
     assert_no_secrets(journal, [refused])
 
 

@@ -100,7 +100,7 @@ def _serve_foreground(config: Config, mountpoint: Path, ready_fd: int | None, ba
         notify.status(f"failed: {exc}")
         if ready_fd is not None:
             os.write(ready_fd, message.encode() + b"\n")
-        if ready_fd is None or sys.stderr.isatty():
+        if (ready_fd is None or sys.stderr.isatty()) and not stderr_is_journal():  # the journal has the log line
             print(message, file=sys.stderr)
         return 1
     return 0
