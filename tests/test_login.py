@@ -23,6 +23,8 @@ import pytest
 
 from omicsfs.emulator.basespace import CLIENT_ID, CLIENT_SECRET
 from omicsfs.emulator.isabl import PASSWORD
+from omicsfs.errors import ConfigError
+from omicsfs.login import with_token_file
 from omicsfs.mount import is_mounted
 from tests.conftest import OMICSFS, run_omicsfs, toml_config
 
@@ -242,3 +244,12 @@ def test_login_says_why_it_cannot_keep_a_token_from_the_environment(fresh_emulat
     absent = run_omicsfs("login", "nope", "--config", str(config), check=False)
     assert absent.returncode == 1 and "no [platforms.nope] table (tables there: sbg)" in absent.stderr
     assert config.read_text() == text
+
+
+def test_the_token_file_line_goes_under_the_tables_header_however_it_is_written():
+    text = '# lab\n[ platforms . "bs" ]   # BaseSpace\nkind = "basespace"\n\n[platforms.other]\nkind = "isabl"\n'
+    assert with_token_file(text, "c.toml", "bs", Path("/srv/bs.token")) == (
+        '# lab\n[ platforms . "bs" ]   # BaseSpace\ntoken_file = "/srv/bs.token"\nkind = "basespace"\n\n[platforms.other]\nkind = "isabl"\n'
+    )
+    with pytest.raises(ConfigError, match=r"cannot find the header \[platforms.bs\].*add it yourself"):
+        with_token_file('platforms.bs.kind = "basespace"\n', "c.toml", "bs", Path("/srv/bs.token"))

@@ -125,8 +125,12 @@ def with_token_file(text: str, source: str, name: str, token_file: Path) -> str:
         raise ConfigError(f"{source}: cannot find the header [platforms.{name}] to add {line} under it: add it yourself, "
                           "then log in again")
     updated = text[: match.end()] + "\n" + line + text[match.end() :]
-    before, after = tomllib.loads(text), tomllib.loads(updated)
-    if after["platforms"][name].pop("token_file", None) != shown or after != before:
+    before = tomllib.loads(text)
+    try:
+        after = tomllib.loads(updated)
+    except tomllib.TOMLDecodeError:
+        after = {}
+    if after.get("platforms", {}).get(name, {}).pop("token_file", None) != shown or after != before:
         raise ConfigError(f"{source}: adding {line} under [platforms.{name}] would change more than that: add it yourself, "
                           "then log in again")
     return updated
@@ -134,7 +138,8 @@ def with_token_file(text: str, source: str, name: str, token_file: Path) -> str:
 
 def write_private(path: Path, content: str, mode: int = 0o600) -> None:
     """Replace `path` whole with `content`, readable by its owner only (or `mode`); its directory
-    is made 0700 if it did not exist."""
+    is made 0700 if it did not exist. A file that was there keeps its owner (root logging in for a
+    user's configuration leaves it the user's)."""
     directory = path.parent
     if not directory.is_dir():
         directory.mkdir(mode=0o700, parents=True)
@@ -145,6 +150,8 @@ def write_private(path: Path, content: str, mode: int = 0o600) -> None:
             file.write(content)
             file.flush()
             os.fchmod(file.fileno(), mode)
+            if os.geteuid() == 0 and path.exists():
+                os.fchown(file.fileno(), path.stat().st_uid, path.stat().st_gid)
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:

@@ -39,37 +39,32 @@ async def device_flow(
     their own way). Pending polls wait; `slow_down` lengthens the interval for good; a denied or
     expired code ends it with a message saying so.
     """
+    response = await http.request("POST", authorize_url, what=f"{what}: device authorization", form=authorize_form, ok=_answered)
+    grant = _body(response)
+    if response.status_code != 200 or "error" in grant:
+        raise _refused(what, authorize_url, response, grant)
     try:
-        grant = (await http.request("POST", authorize_url, what=f"{what}: device authorization", form=authorize_form)).json()
         device_code, user_code = str(grant["device_code"]), str(grant["user_code"])
         verification_uri = str(grant["verification_uri"])
-    except (ValueError, KeyError, TypeError):
+        interval = float(grant.get("interval") or DEFAULT_INTERVAL)
+        expires_in = float(grant["expires_in"]) if grant.get("expires_in") else None
+    except (KeyError, TypeError, ValueError):
         raise PlatformError(f"{what}: the device authorization answer lacks device_code, user_code or verification_uri") from None
-    interval = float(grant.get("interval") or DEFAULT_INTERVAL)
-    expires_in = grant.get("expires_in")
-    deadline = trio.current_time() + float(expires_in) if expires_in else None
+    deadline = trio.current_time() + expires_in if expires_in else None
     direct = grant.get("verification_with_code_uri") or grant.get("verification_uri_complete")
     lines = [f"To let omicsfs in, open {direct}" if direct else f"To let omicsfs in, open {verification_uri}",
              f"{'or go to ' + verification_uri + ' and ' if direct else 'and '}enter the code {user_code}."]
     if expires_in:
-        left = f"{float(expires_in) / 60:.0f} min" if float(expires_in) >= 120 else f"{float(expires_in):.0f} s"
+        left = f"{expires_in / 60:.0f} min" if expires_in >= 120 else f"{expires_in:.0f} s"
         lines.append(f"Waiting for your approval (the code expires in {left})...")
     prompt.say("\n".join(lines))
     expired = f"{what}: the code {user_code} expired before it was approved; nothing was saved (run omicsfs login again)"
     while True:
-        if deadline is not None and trio.current_time() + interval > deadline:
-            await trio.sleep_until(deadline)
-            raise OmicsfsError(expired)
         await trio.sleep(interval)
-        # Answers other than 5xx and 429 (which `Http` retries) are read here: RFC 8628 says
-        # "pending" and "denied" with a 400 and an `error` in the body.
-        response = await http.request("POST", token_url, what=f"{what}: token", form=token_form(device_code),
-                                      ok=lambda status: status < 500 and status != 429)
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        body = body if isinstance(body, dict) else {}
+        if deadline is not None and trio.current_time() > deadline:
+            raise OmicsfsError(expired)
+        response = await http.request("POST", token_url, what=f"{what}: token", form=token_form(device_code), ok=_answered)
+        body = _body(response)
         if response.status_code == 200 and body.get("access_token"):
             return str(body["access_token"])
         error = body.get("error")
@@ -82,5 +77,24 @@ async def device_flow(
             raise OmicsfsError(f"{what}: the request was denied at {verification_uri}; nothing was saved")
         if error == "expired_token":
             raise OmicsfsError(expired)
-        detail = body.get("error_description") or error or response.reason_phrase
-        raise PlatformError(f"{what}: POST {token_url} answered {response.status_code}: {detail}", status=response.status_code)
+        raise _refused(what, token_url, response, body)
+
+
+def _answered(status: int) -> bool:
+    """Answers read here rather than retried or raised by `Http`: RFC 8628 says "pending",
+    "denied" and a bad client with 400 or 401 and an `error` in the body (5xx and 429 are retried)."""
+    return status < 500 and status != 429
+
+
+def _body(response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _refused(what: str, url: str, response, body: dict) -> PlatformError:
+    detail = body.get("error_description") or body.get("error") or response.reason_phrase
+    hint = "; check client_id and client_secret in the table" if body.get("error") == "invalid_client" else ""
+    return PlatformError(f"{what}: POST {url} answered {response.status_code}: {detail}{hint}", status=response.status_code)
