@@ -183,6 +183,7 @@ class Http:
         params: dict | None,
         json_body: object,
         content: Content,
+        form: dict[str, str] | None,
         auth: httpx.Auth | None,
         ok: Callable[[int], bool],
         follow_redirects: bool | None,
@@ -194,7 +195,7 @@ class Http:
         other redirect is an error that names it, never a body to parse.
         """
         body = content() if callable(content) else content  # a fresh stream for each attempt
-        request = self.client.build_request(method, url, headers=headers, params=params, json=json_body, content=body)
+        request = self.client.build_request(method, url, headers=headers, params=params, json=json_body, content=body, data=form)
         origin = _origin(request.url)
         follow = method in ("GET", "HEAD") if follow_redirects is None else follow_redirects
         for _ in range(MAX_REDIRECTS + 1):
@@ -249,6 +250,7 @@ class Http:
         params: dict | None = None,
         json_body: object = None,
         content: Content = None,
+        form: dict[str, str] | None = None,
         auth: httpx.Auth | None = None,
         ok: Callable[[int], bool] = _ok,
         follow_redirects: bool | None = None,
@@ -258,8 +260,9 @@ class Http:
         Failures before the headers are retried here; the caller handles its own body (see
         `request` and `read_range`, which retry failures in the body too). `what` names what the
         request is for (a path in the mount, an API object); it leads every log line and error.
+        The body is `json_body`, `content` or `form` (urlencoded, as OAuth endpoints take it).
         """
-        options = dict(headers=headers, params=params, json_body=json_body, content=content, auth=auth, ok=ok,
+        options = dict(headers=headers, params=params, json_body=json_body, content=content, form=form, auth=auth, ok=ok,
                        follow_redirects=follow_redirects)
         response = await self._retrying(what, lambda: self._send(method, url, what=what, **options))
         try:
@@ -400,7 +403,8 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
             return
 
 
-_SEND_DEFAULTS = dict(headers=None, params=None, json_body=None, content=None, auth=None, ok=_ok, follow_redirects=None)
+_SEND_DEFAULTS = dict(headers=None, params=None, json_body=None, content=None, form=None, auth=None, ok=_ok,
+                      follow_redirects=None)
 
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$")
