@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from pathlib import Path
 
-import trio
+import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -110,7 +110,7 @@ class PartStore:
             await _drain(request)
             return refuse(int(fault.get("status", 500)), "InternalError", f"injected failure of part {number}")
         if fault and fault["fault"] == "slow":
-            await trio.sleep(float(fault.get("seconds", 2)))
+            await anyio.sleep(float(fault.get("seconds", 2)))  # uvicorn runs the emulator on asyncio
         digest = hashlib.md5()
         partial = upload.directory / f"{number}.{next(self._ids)}.partial"
         size = 0
