@@ -310,7 +310,7 @@ async def test_part_faults_surface_as_errors_to_retry(platform, bs):
 
 
 async def test_a_whole_file_is_retried_and_a_second_completion_confirmed(platform, bs):
-    appresult, files = await new_appresult(platform)
+    _, files = await new_appresult(platform)
     bs.knobs(part_faults=[{"fault": "drop", "after": 1000, "count": 1}])
     small = data(100_000, "retried")
     written = await platform.upload_whole(files, "retried.txt", body(small), None)

@@ -57,7 +57,7 @@ import itertools
 import json
 import os
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -65,8 +65,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from omicsfs.emulator import World
-from omicsfs.emulator import sampledata
+from omicsfs.emulator import World, sampledata
 from omicsfs.emulator.multipart import MAX_PARTS, PartStore, Upload, UploadError
 
 PREFIX = "/basespace"
@@ -96,7 +95,7 @@ def refusal(status: int, code: str, message: str) -> JSONResponse:
 
 def timestamp() -> str:
     """Now, as BaseSpace writes the dates of what it creates: 7 fractional digits and a Z."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return f"{now:%Y-%m-%dT%H:%M:%S}.{now.microsecond:06d}0Z"
 
 

@@ -476,7 +476,7 @@ class BaseSpace(Platform):
                 raise
             item = await self._response(f"files/{handle['file']}", what=what)
             if str(item.get("UploadStatus") or "").lower() != "complete" or int(item.get("Size") or 0) != size:
-                raise refused
+                raise
             log.info("%s: already complete", what)
         return self._completed(item, size, what)
 
