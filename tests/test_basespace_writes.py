@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,12 +24,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from omicsfs.emulator import sampledata
 from omicsfs.emulator.server import EmulatorProcess
 from omicsfs.errors import AccessDenied, PlatformError
 from omicsfs.http import Http, RetryPolicy, new_client
 from omicsfs.platform import Entry, PartBody
 from omicsfs.platforms.basespace import BaseSpace
-from tests.conftest import TEST_LARGE_FILE
+from tests.conftest import TEST_LARGE_FILE, md5sums, platform_table, run_omicsfs
 
 MiB = 1024 * 1024
 WGS = "Projects/Tumor-Normal WGS"
@@ -395,3 +403,272 @@ async def test_rmdir_trashes_only_what_holds_no_data(platform, bs):
     async with httpx.AsyncClient() as client:  # the V1 API has no such project any more
         gone = await client.get(f"{bs.url}/basespace/v1pre3/projects/{bare.uid}", headers={"x-access-token": bs.token})
     assert gone.status_code == 404
+
+
+# -- through real mounts: real tools, real uploads ------------------------------------------------
+
+
+@pytest.fixture
+def bs_mount(mount, bs):
+    """`bs_mount(*extra_args, cache_dir=None)`: the writes emulator's BaseSpace, mounted for real."""
+
+    def do_mount(*extra: str, cache_dir: Path | None = None):
+        mounted = mount({"basespace": platform_table(bs, "basespace")}, *extra, cache_dir=cache_dir)
+        return mounted, mounted.path / "basespace"
+
+    return do_mount
+
+
+def new_place(root: Path) -> Path:
+    """A new project and app result made with mkdir, as a user makes them; its Files directory."""
+    project = root / "Projects" / f"Mount writes {uuid.uuid4().hex[:8]}"
+    project.mkdir()
+    (project / "AppResults" / "Calls").mkdir()
+    return project / "AppResults" / "Calls" / "Files"
+
+
+def local_file(directory: Path, name: str, size: int) -> Path:
+    path = directory / name
+    with open(path, "wb") as out:
+        generator = random.Random(name)
+        for start in range(0, size, 8 * MiB):
+            out.write(generator.randbytes(min(8 * MiB, size - start)))
+    return path
+
+
+def run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, check=check, timeout=600)
+
+
+def md5(path: Path) -> str:
+    return md5sums([path])[path]
+
+
+def file_id(path: Path) -> str:
+    return os.getxattr(path, "user.omicsfs.id").decode()
+
+
+def stored_md5(emulator: EmulatorProcess, path: Path) -> str:
+    """The MD5 (md5sum's) of the bytes the emulator keeps for the file at `path` in a mount."""
+    return md5(Path(emulator.data_dir) / "written" / f"basespace-{emulator.process.pid}" / file_id(path))
+
+
+def wait_for(condition, what: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"waited {timeout:.0f} s for {what}")
+
+
+def test_cp_of_empty_small_and_100_mib_files_reads_back_through_a_fresh_mount(bs_mount, bs, tmp_path):
+    _, root = bs_mount()
+    files = new_place(root)
+    project = files.parents[2]
+    with pytest.raises(FileExistsError):
+        project.mkdir()  # BaseSpace answered 200 with the project just made: not a second one
+    with pytest.raises(FileExistsError):
+        (project / "AppResults" / "Calls").mkdir()
+    sources = [local_file(tmp_path, "empty.bin", 0), local_file(tmp_path, "small.vcf", 300_000),
+               local_file(tmp_path, "large.bam", 100 * MiB)]
+    (files / "deep" / "er").mkdir(parents=True)
+    run("cp", str(sources[0]), str(sources[1]), str(files))
+    run("cp", str(sources[2]), str(files / "deep" / "er"))
+    written = [files / "empty.bin", files / "small.vcf", files / "deep/er/large.bam"]
+    expected = [md5(source) for source in sources]
+    assert [md5(path) for path in written] == expected
+    assert [path.stat().st_size for path in written] == [0, 300_000, 100 * MiB]
+    assert [stored_md5(bs, path) for path in written] == expected, "the emulator holds the same bytes"
+    stats = bs.stats()
+    # Two files in one request each; the large one in 8 MiB parts streamed while written, none twice.
+    assert (stats["uploads_completed"], stats["parts_received"], stats["upload_bytes"]) == (3, 2 + 13, 300_000 + 100 * MiB)
+
+    _, fresh = bs_mount()
+    again = [fresh / path.relative_to(root) for path in written]
+    assert [md5(path) for path in again] == expected
+    assert sorted(os.listdir(again[0].parent)) == ["deep", "empty.bin", "small.vcf"]
+    assert [file_id(path) for path in again] == [file_id(path) for path in written]
+
+
+def test_samtools_sort_into_the_mount_then_index_and_a_region_query(bs_mount, bs, emulator, tmp_path):
+    _, root = bs_mount()
+    files = new_place(root)
+    account = sampledata.load(Path(emulator.data_dir) / "basespace")
+    original = next(sampledata.object_path(Path(emulator.data_dir) / "basespace", item["Id"])
+                    for _, _, item in sampledata.iter_files(account) if item["Path"] == "Alignment/S1.bam")
+    by_name = tmp_path / "by-name.bam"
+    run("samtools", "sort", "-n", "-o", str(by_name), str(original))
+    sorted_bam = files / "Alignment" / "S1.sorted.bam"
+    sorted_bam.parent.mkdir()
+    run("samtools", "sort", "-o", str(sorted_bam), str(by_name))
+    run("samtools", "index", str(sorted_bam))
+    assert sorted(os.listdir(sorted_bam.parent)) == ["S1.sorted.bam", "S1.sorted.bam.bai"]
+    region = "chr2:500000-520000"
+    local = tmp_path / "S1.bam"  # the emulator's own BAM, indexed here, says what the query finds
+    shutil.copyfile(original, local)
+    run("samtools", "index", str(local))
+    expected = run("samtools", "view", "-c", str(local), region).stdout
+    assert int(expected) > 0
+    assert run("samtools", "view", "-c", str(sorted_bam), region).stdout == expected
+    _, fresh = bs_mount()
+    assert run("samtools", "view", "-c", str(fresh / sorted_bam.relative_to(root)), region).stdout == expected
+    assert run("samtools", "quickcheck", str(fresh / sorted_bam.relative_to(root))).returncode == 0
+
+
+def test_a_script_that_seeks_back_and_rewrites_its_header(bs_mount, bs, tmp_path):
+    _, root = bs_mount()
+    files = new_place(root)
+    target = files / "table.bin"
+    script = textwrap.dedent("""
+        import random, sys
+        body = random.Random("body").randbytes(12 * 1024 * 1024 + 5)
+        with open(sys.argv[1], "wb") as out:
+            out.write(b"COUNT=????????\\n")
+            out.write(body)
+            out.seek(6)
+            out.write(b"%08d" % len(body))
+            out.seek(0, 2)
+            out.write(b"END\\n")
+        with open(sys.argv[2], "wb") as out:
+            out.write(b"COUNT=%08d\\n" % len(body) + body + b"END\\n")
+    """)
+    run(sys.executable, "-c", script, str(target), str(tmp_path / "expected.bin"))
+    expected = md5(tmp_path / "expected.bin")
+    assert md5(target) == expected and stored_md5(bs, target) == expected
+    _, fresh = bs_mount()
+    assert md5(fresh / target.relative_to(root)) == expected
+
+
+def test_rsync_inplace_of_a_directory_and_again_after_a_change(bs_mount, bs, tmp_path):
+    _, root = bs_mount()
+    files = new_place(root)
+    tree = tmp_path / "run42"
+    for name, size in (("SampleSheet.csv", 2_000), ("qc/summary.txt", 40_000), ("qc/plots/depth.png", 90_000),
+                       ("reads/R1.fastq.gz", 6 * MiB + 11)):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        local_file((tree / name).parent, (tree / name).name, size)
+    run("rsync", "-r", "--inplace", f"{tree}/", str(files / "run42"))
+    (tree / "qc" / "summary.txt").write_bytes(b"rewritten\n" * 100)
+    run("rsync", "-r", "--inplace", f"{tree}/", str(files / "run42"))
+    _, fresh = bs_mount()
+    mirrored = fresh / (files / "run42").relative_to(root)
+    local = {path.relative_to(tree): sum for path, sum in md5sums(sorted(p for p in tree.rglob("*") if p.is_file())).items()}
+    remote = {path.relative_to(mirrored): sum
+              for path, sum in md5sums(sorted(p for p in mirrored.rglob("*") if p.is_file())).items()}
+    assert remote == local, "every file once, the changed one replaced"
+    assert (mirrored / "qc" / "summary.txt").read_bytes() == b"rewritten\n" * 100
+
+
+def test_kill_9_in_the_middle_of_a_100_mib_upload_then_the_next_mount_finishes_it(bs_mount, bs, tmp_path):
+    cache = tmp_path / "cache"
+    mounted, root = bs_mount(cache_dir=cache)
+    files = new_place(root)
+    source = local_file(tmp_path, "interrupted.bam", 100 * MiB)
+    bs.knobs(part_faults=[{"fault": "slow", "seconds": 1.5, "count": 1000}])
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import shutil, sys
+        with open(sys.argv[1], "rb") as source, open(sys.argv[2], "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+            print("written", flush=True)
+    """), str(source), str(files / "interrupted.bam")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "written\n", writer.stderr.read()
+    wait_for(lambda: bs.stats()["parts_received"] >= 2, "two parts on the platform")
+    assert bs.stats()["uploads_completed"] == 0, "killed in the middle of the upload"
+    daemon = mounted.daemon_pid()
+    os.kill(daemon, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{daemon}").exists() or Path(f"/proc/{daemon}/stat").read_text().split()[2] == "Z",
+             "the daemon's death")
+    writer.wait(timeout=60)
+    bs.knobs(part_faults=[])
+
+    remounted, fresh = bs_mount(cache_dir=cache)
+    wait_for(lambda: bs.stats()["uploads_completed"] == 1, "the upload finished by the next mount")
+    finished = fresh / (files / "interrupted.bam").relative_to(root)
+    assert md5(finished) == md5(source) == stored_md5(bs, finished)
+    assert "resuming an upload left unfinished by the last mount" in remounted.log.read_text()
+    # Only what the platform did not have was sent again: 13 parts, and at most the 4 in flight twice.
+    assert 13 <= bs.stats()["parts_received"] <= 13 + 4
+    run("fusermount3", "-u", "-z", str(mounted.path), check=False)
+
+
+def test_injected_part_failures_and_dropped_connections_give_the_right_bytes(bs_mount, bs, tmp_path):
+    # (BaseSpace's parts go to its API, not to presigned URLs: there are no part URLs to expire.)
+    _, root = bs_mount()
+    files = new_place(root)
+    source = local_file(tmp_path, "faulty.bam", 60 * MiB)
+    bs.knobs(part_faults=[{"part": 2, "fault": "status", "status": 500, "count": 2},
+                          {"part": 5, "fault": "drop", "after": MiB, "count": 1},
+                          {"part": 7, "fault": "badetag", "count": 1}])
+    run("cp", str(source), str(files))
+    assert md5(files / "faulty.bam") == md5(source) == stored_md5(bs, files / "faulty.bam")
+    stats = bs.stats()
+    assert stats["injected_failures"] == 4 and stats["parts_received"] == 8 + 1, "part 7 sent again, once"
+    _, fresh = bs_mount()
+    assert md5(fresh / (files / "faulty.bam").relative_to(root)) == md5(source)
+
+
+def test_read_only_places_refuse_writes_and_the_platform_sees_no_upload(bs_mount, bs, tmp_path):
+    mounted, root = bs_mount()
+    source = local_file(tmp_path, "stray.txt", 1000)
+    wgs = root / WGS
+    (run_name,) = os.listdir(root / "Runs")
+    refusals = {
+        ("cp", str(source), str(wgs / "Samples/S1/Files")): "Read-only file system",
+        ("cp", str(source), str(root / "Runs" / run_name / "Files")): "Read-only file system",
+        ("cp", str(source), str(wgs / "AppResults/Archive/Files")): "Read-only file system",  # Complete
+        ("cp", str(source), str(wgs / "Datasets")): "Read-only file system",
+        ("cp", str(source), str(wgs)): "Read-only file system",
+        ("cp", str(source), str(root / "Projects")): "Operation not permitted",  # it takes mkdir only
+        ("cp", str(source), str(root)): "Read-only file system",
+        ("mkdir", str(wgs / "Samples/S9")): "Read-only file system",
+        ("mkdir", str(root / "Runs/new run")): "Read-only file system",
+        ("cp", str(source), str(wgs / "AppResults/Archive/Files/Archive/reportarchive.bin")): "Read-only file system",
+        ("mv", str(wgs / "AppResults/Archive"), str(wgs / "AppResults/Archived")): "Operation not permitted",
+        ("touch", str(wgs / "Samples/S1/Files/S1_L001_R1_001.fastq.gz")): "Read-only file system",
+        ("rm", str(wgs / "AppResults/Archive/Files/Archive/reportarchive.bin")): "Read-only file system",
+    }
+    for command, message in refusals.items():
+        result = run(*command, check=False)
+        assert result.returncode != 0 and message in result.stderr, (command, result.stderr)
+    stats = bs.stats()
+    assert (stats["uploads_started"], stats["part_requests"], stats["upload_bytes"]) == (0, 0, 0)
+    log = mounted.log.read_text()
+    assert "Samples/S1/Files/stray.txt: creating a file refused: this place is read-only" in log
+    assert "AppResults/Archive: rename refused" in log
+
+
+def test_omicsfs_complete_closes_an_app_result_and_says_so(bs_mount, bs):
+    _, root = bs_mount()
+    files = new_place(root)
+    (files / "calls.vcf").write_bytes(b"##fileformat=VCFv4.2\n")
+    appresult = files.parent
+    said = run_omicsfs("complete", str(appresult)).stdout
+    assert said.startswith("Marked app result 'Calls' complete") and "from Running to Complete" in said
+    appresult_id = (appresult / ".id").read_text().strip()
+    answer = httpx.get(f"{bs.url}/basespace/v1pre3/appresults/{appresult_id}", headers={"x-access-token": bs.token}).json()
+    assert answer["Response"]["Status"] == "Complete" and answer["Response"]["AppSession"]["Status"] == "Complete"
+    assert "already complete" in run_omicsfs("complete", str(appresult)).stdout
+    refused = run_omicsfs("complete", str(appresult.parents[1]), check=False)
+    assert refused.returncode != 0 and "complete applies to an app result" in refused.stderr
+    _, fresh = bs_mount()
+    closed = fresh / files.relative_to(root)
+    result = run("cp", "/etc/hostname", str(closed), check=False)
+    assert result.returncode != 0 and "Read-only file system" in result.stderr
+    assert (closed / "calls.vcf").read_bytes() == b"##fileformat=VCFv4.2\n"
+
+
+def test_rm_rf_of_an_app_result_stops_at_the_first_refusal(bs_mount, bs):
+    _, root = bs_mount()
+    files = new_place(root)
+    for name in ("a.txt", "b.txt", "sub/c.txt", "sub/d.txt"):
+        (files / name).parent.mkdir(exist_ok=True)
+        (files / name).write_bytes(name.encode())
+    result = run("rm", "-rf", str(files.parent), check=False)
+    assert result.returncode != 0 and "Operation not permitted" in result.stderr
+    _, fresh = bs_mount()
+    kept = fresh / files.relative_to(root)
+    assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*.txt")) == ["a.txt", "b.txt", "sub/c.txt", "sub/d.txt"]
+    result = run("rmdir", str(kept.parent), check=False)
+    assert result.returncode != 0 and "Directory not empty" in result.stderr
