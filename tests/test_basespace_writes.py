@@ -429,10 +429,9 @@ def new_place(root: Path) -> Path:
 
 def local_file(directory: Path, name: str, size: int) -> Path:
     path = directory / name
+    generator = random.Random(name)
     with open(path, "wb") as out:
-        generator = random.Random(name)
-        for start in range(0, size, 8 * MiB):
-            out.write(generator.randbytes(min(8 * MiB, size - start)))
+        out.writelines(generator.randbytes(min(8 * MiB, size - start)) for start in range(0, size, 8 * MiB))
     return path
 
 
