@@ -331,7 +331,8 @@ class Http:
                     skip = position - _body_offset(response, position, end, by_header=range_param is None)
                     if skip < 0:
                         raise PlatformError(f"{what}: asked for bytes from {position}, the server sent from {position - skip}")
-                    async for chunk in response.aiter_raw():
+                    chunks = response.aiter_raw()
+                    async for chunk in chunks:
                         if skip:
                             dropped = min(skip, len(chunk))
                             chunk, skip = chunk[dropped:], skip - dropped
@@ -339,7 +340,11 @@ class Http:
                         if chunk:
                             position += len(chunk)
                             received += len(chunk)
-                            if position >= end:  # before the last yield: a consumer may stop there
+                            if position >= end:
+                                # Before the last yield (a consumer may stop there): the body read
+                                # to its end hands the connection back to the pool for the next
+                                # request, where a body left unread would close it.
+                                await _drain(chunks)
                                 log.debug("%s: received bytes %d-%d in %.3f s", what, position - received, end - 1,
                                           time.monotonic() - started)
                             yield chunk
@@ -380,6 +385,19 @@ class Http:
         if range_param:
             return dict(headers or {}), {**(params or {}), range_param: f"{start}-{end - 1}"}
         return {**(headers or {}), "Range": f"bytes={start}-{end - 1}"}, params
+
+
+#: Most bytes read past a range's end to hand its connection back (a server that ignored the
+#: range sends the whole object: that connection is closed instead).
+DRAIN_LIMIT = 256 * 1024
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    left = DRAIN_LIMIT
+    async for extra in chunks:
+        left -= len(extra)
+        if left < 0:
+            return
 
 
 _SEND_DEFAULTS = dict(headers=None, params=None, json_body=None, content=None, auth=None, ok=_ok, follow_redirects=None)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from omicsfs.blockcache import BlockCache, DiskCache
+from omicsfs.blockcache import BlockCache, ObjectStore
 from omicsfs.config import Config
 from omicsfs.credentials import watch_expiry
 from omicsfs.errors import OmicsfsError, PlatformError
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 #: 1024 lets sequential readers get 1 MiB requests (about 3x the throughput here; dxfuse does the same).
 READ_AHEAD_KB = 1024
 MAX_WINDOW = 64 * 1024 * 1024
-#: Seconds an unmount waits for blocks still queued for the disk cache.
-FLUSH_TIMEOUT = 30
 
 
 def mount_options() -> list[str]:
@@ -184,9 +182,9 @@ async def _serve(config: Config, mountpoint: Path, ready: Callable[[], None], li
     async with new_client() as client:
         platforms = build_platforms(config, Http(client))
         await check_credentials(platforms)
-        disk = DiskCache(config.cache_dir, config.cache_size)
+        store = ObjectStore(config.cache_dir, config.cache_size)
         async with trio.open_nursery() as nursery:
-            cache = BlockCache(config.memory_cache_size, disk, nursery)
+            cache = BlockCache(store, nursery)
             uploads = Uploads(Journal(config.cache_dir), platforms, nursery, write_back=config.write_back)
             # The prefetch window is capped so that prefetched blocks still fit the memory cache.
             settings = Settings(metadata_ttl=config.metadata_ttl, max_window=min(MAX_WINDOW, config.memory_cache_size // 2))
@@ -208,8 +206,6 @@ async def _serve(config: Config, mountpoint: Path, ready: Callable[[], None], li
                 if pending:
                     log.info("unmounting: waiting for %d upload(s) under way", len(pending))
                 await uploads.drain()
-                with trio.move_on_after(FLUSH_TIMEOUT):  # what a remount should find on disk
-                    await cache.flush()
             finally:
                 life.phase = "stopping"
                 pyfuse3.close(unmount=True)
