@@ -113,7 +113,9 @@ def prepare_mountpoint(mountpoint: Path, allow_other: bool = False) -> None:
         raise OmicsfsError(f"allow_other: only root may use it unless {FUSE_CONF} has a line user_allow_other "
                            f"(as root: echo user_allow_other >> {FUSE_CONF})")
     try:
-        os.stat(mountpoint)
+        # statvfs, not stat: the kernel answers a stat of a dead mount from its attribute cache,
+        # where statvfs reaches the daemon (ENOTCONN when it died).
+        os.statvfs(mountpoint)
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
             log.warning("%s: a previous mount died; unmounting it", mountpoint)
