@@ -45,6 +45,9 @@ class Knobs:
     url_expiry_skew: float = 0.0
     #: Failures to inject: the next `count` requests whose path starts with `prefix` get `status`.
     failures: list[dict] = field(default_factory=list)
+    #: Where presigned URLs point: `<store_url>/<object id>?X-Expires=...`; None: this server's own
+    #: `/store`. bench/ points it at another server holding the same objects (`GET /_emulator/objects`).
+    store_url: str | None = None
 
 
 @dataclass
@@ -61,10 +64,14 @@ class Stats:
 class World:
     """The emulator's state: the data on disk, the knobs, the object store's signing key, the stats."""
 
-    def __init__(self, data_dir: Path, token: str = DEFAULT_TOKEN, large_file_size: int = 1 << 30):
+    def __init__(self, data_dir: Path, token: str = DEFAULT_TOKEN, large_file_size: int = 1 << 30,
+                 deep_bam_size: int = 0, wide_directory_files: int = 0):
         self.data_dir = Path(data_dir)
         self.token = token
+        #: The sample account's sizes (see `sampledata.generate`).
         self.large_file_size = large_file_size
+        self.deep_bam_size = deep_bam_size
+        self.wide_directory_files = wide_directory_files
         self.knobs = Knobs()
         self.stats = Stats()
         self._key = hashlib.sha256(b"omicsfs-emulator" + token.encode()).digest()
@@ -80,8 +87,8 @@ class World:
         """An absolute URL of the store for `object_id`, valid for `knobs.url_lifetime` seconds,
         and the expiry to state (which `knobs.url_expiry_skew` may push past the real one)."""
         expires = int(time.time() + self.knobs.url_lifetime)
-        base = str(request.base_url).rstrip("/")
-        url = f"{base}/store/{object_id}?X-Expires={expires}&X-Signature={self._signature(object_id, expires)}"
+        base = (self.knobs.store_url or f"{str(request.base_url).rstrip('/')}/store").rstrip("/")
+        url = f"{base}/{object_id}?X-Expires={expires}&X-Signature={self._signature(object_id, expires)}"
         return url, int(expires + self.knobs.url_expiry_skew)
 
     def verify(self, object_id: str, expires: str, signature: str) -> str | None:
@@ -194,6 +201,11 @@ async def reset_stats(request: Request) -> Response:
     return JSONResponse({})
 
 
+async def objects(request: Request) -> Response:
+    """Every object the store holds, id -> file: so that another server can serve the same bytes."""
+    return JSONResponse({object_id: str(path) for object_id, path in request.app.state.world.objects.items()})
+
+
 async def knobs(request: Request) -> Response:
     world: World = request.app.state.world
     if request.method == "POST":
@@ -241,6 +253,7 @@ def build_app(world: World) -> Starlette:
         Route("/_emulator/stats", get_stats),
         Route("/_emulator/stats/reset", reset_stats, methods=["POST"]),
         Route("/_emulator/knobs", knobs, methods=["GET", "POST"]),
+        Route("/_emulator/objects", objects),
     ]
     for module in platform_modules():
         routes.append(Mount(module.PREFIX, routes=module.routes(world)))
