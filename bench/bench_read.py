@@ -102,7 +102,7 @@ WIDE = SampleFile("Per-cell Counts", "")
 
 class ReadBench(Harness):
     def __init__(self, args: argparse.Namespace):
-        super().__init__(args.workdir)
+        super().__init__(args.workdir, args.keep_workdir)
         self.args = args
         self.runs = args.runs
 
@@ -560,6 +560,7 @@ def main() -> int:
     parser.add_argument("--deep-bam-size", default="230000000", help="about the size of the deep BAM (default 230000000)")
     parser.add_argument("--wide-directory", type=int, default=10_000, help="files in the listed directory (default 10000)")
     parser.add_argument("--workdir", help="where mount points and cache dirs go (default: a new dir in $TMPDIR)")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the workdir (logs, nginx's access log) at the end")
     parser.add_argument("--no-rclone", action="store_true", help="skip the rclone rows")
     parser.add_argument("--no-platforms", action="store_true", help="skip the per-platform tables")
     parser.add_argument("--only", type=lambda text: [g for g in text.split(",") if g], default=list(GROUPS),

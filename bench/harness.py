@@ -228,9 +228,10 @@ class Mounted:
 class Harness:
     """The emulator, store, proxy and mounts of one bench run, and their cleanup."""
 
-    def __init__(self, workdir_parent: str | None = None):
+    def __init__(self, workdir_parent: str | None = None, keep_workdir: bool = False):
         self.stack = contextlib.ExitStack()
         self.workdir = Path(tempfile.mkdtemp(prefix="omicsfs-bench-", dir=workdir_parent))
+        self.keep_workdir = keep_workdir
         self.stack.callback(self._remove_workdir)
         self.emulator: EmulatorProcess | None = None
         self.store: NginxStore | None = None
@@ -245,8 +246,10 @@ class Harness:
         live = [m for m in mount_points() if m.startswith(str(self.workdir) + "/")]
         if live:
             note(f"warning: leaving {self.workdir}: still mounted: {', '.join(live)}")
-            return
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        elif self.keep_workdir:
+            note(f"kept {self.workdir} (the daemons', rclone's and nginx's logs are there)")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- servers ---------------------------------------------------------------------------------
 
