@@ -97,7 +97,8 @@ QUERIES = (
     # Today's region on the sample account's small BAM.
     Query("small", SampleFile("BWA Alignment S1", "Alignment/S1.bam"), ("chr2:500000-501000",)),
 )
-WIDE = SampleFile("Per-cell Counts", "")
+#: The app result whose 10,000 files sit in one directory: `ls -l` of its `Files`.
+WIDE = "Per-cell Counts"
 
 
 class ReadBench(Harness):
@@ -119,8 +120,8 @@ class ReadBench(Harness):
         account_dir = data / PLATFORM
         account = sampledata.load(account_dir)
         self.items = {(container["Name"], item["Path"]): item for _, container, item in sampledata.iter_files(account)}
-        self.wide_id = next(a["Id"] for p in account["projects"] for a in p["appresults"] if a["Name"] == WIDE.container)
-        self.wide_count = sum(1 for container, _ in self.items if container == WIDE.container)
+        self.wide_id = next(a["Id"] for p in account["projects"] for a in p["appresults"] if a["Name"] == WIDE)
+        self.wide_count = sum(1 for container, _ in self.items if container == WIDE)
         shown = [LARGE, *(q.bam for q in QUERIES), *(q.bai for q in QUERIES)]
         self.store = self.start_store({f.name: self.object(f) for f in shown})
         self.proxy = self.start_proxy(self.args.rtt_ms, self.args.window)
@@ -364,7 +365,7 @@ class ReadBench(Harness):
             ("ls_lA_warm", "omicsfs ls -lA, warm"),
             ("ls_A_warm", "omicsfs ls -A, warm"),
         )}
-        directory = f"{APPRESULTS}/{WIDE.container}/Files"
+        directory = f"{APPRESULTS}/{WIDE}/Files"
         self.store_through(delayed=True)
         for run in range(self.runs):
             rows["api"].runs.append(self.api_paging())
@@ -527,7 +528,7 @@ class ReadBench(Harness):
             "memory_cache": MEMORY_CACHE,
             "groups": list(groups),
             "mount_options": list(MOUNT_OPTIONS),
-            "listing_directory": f"{WIDE.container}/Files",
+            "listing_directory": f"{WIDE}/Files",
             "listing_files": self.wide_count,
             "page_cap": 1000,
             "platforms": list(KINDS),

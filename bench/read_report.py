@@ -19,7 +19,7 @@ def _spread(row: dict, key: str, spec: str, transform=None) -> str:
 
 def _goal(goals: list[dict], group: str, text: str, value: float | None, shown: str, met: bool | None) -> str:
     goals.append({"group": group, "goal": text, "value": value, "met": met})
-    verdict = "reported" if met is None else ("met" if met else "NOT met")
+    verdict = "not measured" if value is None else "reported" if met is None else "met" if met else "NOT met"
     return f"  goal: {text}: {shown} -> {verdict}"
 
 
