@@ -68,7 +68,8 @@ class _Half(asyncio.Protocol):
             self.transport.abort()
             return
         self.peer, server.peer = server, self
-        self._flush()
+        for half in (self, server):  # what either side sent meanwhile
+            half._flush()
 
     # -- what this side receives, on its way to the peer ----------------------------------------
 
