@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,7 @@ KINDS = sorted(module.__name__.rsplit(".", 1)[-1] for module in platform_modules
 MEMORY_CACHE = 256 * MiB
 MOUNT_OPTIONS = ("--memory-cache-size", "256M", "--cache-size", "10G")
 GROUPS = ("region", "sequential", "listing", "platforms")
+STRACE_READ = re.compile(r"^(?:\d+\s+)?(?:read|pread64)\(\d+<([^>]*)>,.*\)\s+=\s+(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -173,14 +175,13 @@ class ReadBench(Harness):
         read: dict[str, int] = {name: 0 for name in objects.values()}
         calls = 0
         for line in trace.read_text(errors="replace").splitlines():
-            _, _, call = line.partition(" ")
-            if not call.startswith(("read(", "pread64(")) or "<" not in call:
-                continue
-            path = call.split("<", 1)[1].split(">,", 1)[0]
-            result = call.rsplit("= ", 1)[-1].split()[0]
-            if path in objects and result.isdigit():
-                read[objects[path]] += int(result)
+            # `[PID ]read(FD</path>, "...", SIZE) = RESULT`; strace prefixes the PID only when it follows several.
+            match = STRACE_READ.match(line)
+            if match and match.group(1) in objects:
+                read[objects[match.group(1)]] += int(match.group(2))
                 calls += 1
+        if not calls:
+            return {"error": f"no read of {query.bam.name} or its index in the trace ({trace})"}
         return {"bytes": sum(read.values()), "by_file": read, "read_calls": calls,
                 "bam_size": self.item(query.bam)["Size"], "bai_size": self.item(query.bai)["Size"]}
 
@@ -503,19 +504,25 @@ class ReadBench(Harness):
         self.setup()
         results: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         groups = self.args.only
+        # The load average as each group starts and ends: on a shared machine, whether others ran meanwhile.
+        results["load"] = {}
+
+        def group(name: str, measure) -> None:
+            before = os.getloadavg()[0]
+            results[name] = measure()
+            results["load"][name] = [before, os.getloadavg()[0]]
+
         if "region" in groups:
-            results["region_query"] = {}
-            for query in QUERIES:
-                results["region_query"][query.key] = {
-                    "bam": query.bam.name, "regions": list(query.regions),
-                    "samtools_reads": self.samtools_reads(query), "rows": self.bench_region_query(query),
-                }
+            group("region_query", lambda: {query.key: {
+                "bam": query.bam.name, "regions": list(query.regions),
+                "samtools_reads": self.samtools_reads(query), "rows": self.bench_region_query(query),
+            } for query in QUERIES})
         if "sequential" in groups:
-            results["sequential"] = self.bench_sequential()
+            group("sequential", self.bench_sequential)
         if "listing" in groups:
-            results["listing"] = self.bench_listing()
+            group("listing", self.bench_listing)
         if "platforms" in groups:
-            results["platforms"] = self.bench_platforms()
+            group("platforms", self.bench_platforms)
         results["machine"] = machine(load_before, self.drop_caches_allowed)
         results["settings"] = {
             "runs": self.runs,

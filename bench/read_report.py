@@ -23,6 +23,15 @@ def _goal(goals: list[dict], group: str, text: str, value: float | None, shown: 
     return f"  goal: {text}: {shown} -> {verdict}"
 
 
+def _load(results: dict, group: str) -> str:
+    """The load average as the group started and ended: above the CPU count, others were running."""
+    before, after = results.get("load", {}).get(group, (None, None))
+    if before is None:
+        return ""
+    busy = max(before, after) > results["machine"]["cpus"]
+    return f"; load average {before:.1f}/{after:.1f}" + (" (BUSY machine: figures disturbed)" if busy else "")
+
+
 def _error_line(row: dict) -> str:
     return f"{row['name']:{NAME}} {row.get('error') or 'no figure'}"
 
@@ -37,7 +46,7 @@ def render_region_query(results: dict, goals: list[dict]) -> list[str]:
         lines += [
             "",
             (f"Region query, cold: samtools view -c {bam} {' '.join(query['regions'])}; API and store "
-             f"{settings['rtt_ms']:g} ms away (round trip); median of {settings['runs']} runs"),
+             f"{settings['rtt_ms']:g} ms away (round trip); median of {settings['runs']} runs{_load(results, 'region_query')}"),
             (f"{bam} {reads.get('bam_size', 0):,} bytes, .bai {reads.get('bai_size', 0):,} bytes; samtools reads "
              + (f"{baseline:,} bytes of them (strace, local copy)" if baseline else f"? ({reads.get('error')})")),
             (f"{'':{NAME}} {'seconds':>7} {'(min-max)':>11} {'x rclone':>8} {'reads':>6} {'GETs':>5} {'conns':>5} "
@@ -87,7 +96,7 @@ def render_sequential(results: dict, goals: list[dict]) -> list[str]:
     lines = [
         "",
         (f"Sequential read, cold: {settings['file']} ({size / GiB:g} GiB), {settings['read_command']}; store nginx on "
-         f"loopback, no delay; median of {settings['runs']} runs"),
+         f"loopback, no delay; median of {settings['runs']} runs{_load(results, 'sequential')}"),
         (f"{'':{NAME}} {'MB/s':>6} {'(min-max)':>11} {'x rclone':>8} {'x nullfs':>8} {'GETs':>5} {'conns':>5} "
          f"{'fetched/size':>12} {'CPU s':>6} {'CPU s/GiB':>9} {'peak RSS':>9}"),
     ]
@@ -123,7 +132,7 @@ def render_sequential(results: dict, goals: list[dict]) -> list[str]:
     lines += [
         "",
         (f"Re-read of the same file, page cache dropped before each read (store on loopback); median of "
-         f"{settings['runs']} runs"),
+         f"{settings['runs']} runs{_load(results, 'sequential')}"),
         (f"{'':{NAME}} {'MB/s':>6} {'(min-max)':>11} {'x rclone full':>13} {'GETs':>5} {'fetched again':>14} "
          f"{'CPU s':>6} {'peak RSS':>9}"),
     ]
@@ -156,7 +165,8 @@ def render_listing(results: dict, goals: list[dict]) -> list[str]:
     lines = [
         "",
         (f"Listing {settings['listing_directory']} ({settings['listing_files']:,} files, pages of "
-         f"{settings['page_cap']}); API {settings['rtt_ms']:g} ms away; median of {settings['runs']} runs"),
+         f"{settings['page_cap']}); API {settings['rtt_ms']:g} ms away; median of {settings['runs']} runs"
+         f"{_load(results, 'listing')}"),
         f"{'':{NAME}} {'seconds':>7} {'(min-max)':>13} {'x API':>6} {'API req':>7}",
     ]
     for row in rows.values():
@@ -188,7 +198,7 @@ def render_platforms(results: dict) -> list[str]:
     lines = [
         "",
         (f"Per platform ({len(platforms)} platforms in one omicsfs mount, store on loopback, no delay): sequential read "
-         f"of each platform's largest file, median of {runs} runs."),
+         f"of each platform's largest file, median of {runs} runs{_load(results, 'platforms')}."),
         ("cold = fresh mount, empty cache dir; warm = unmount, mount again with the same cache dir (disk cache); "
          "caches dropped before each."),
         ("lookup = the path's lookups, before the read (untimed); API = platform API requests; content = object GETs "
