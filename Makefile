@@ -17,9 +17,11 @@ demo: deps venv
 test: deps venv
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
+# bench/ (see bench/README.md): nginx serves the store, rclone mount is a yardstick, strace
+# measures what samtools reads. `make bench BENCH_ARGS=--quick` for a smoke run.
+bench: APT_PACKAGES += nginx rclone strace
 bench: deps venv
-	@command -v rclone >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rclone
-	$(PYTHON) bench/bench_read.py
+	$(PYTHON) bench/bench_read.py $(BENCH_ARGS)
 
 deps:
 	@missing=""; for package in $(APT_PACKAGES); do \
