@@ -45,6 +45,14 @@ WRITABLE = frozenset({"create", "mkdir"})
 STAGED_TTL = 1.0
 #: After a refused or failed delete, deletes are refused this long: `rm -rf` cannot sweep an account.
 DELETE_PAUSE = 5.0
+#: Files that index the file of the same name (S1.bam.bai, S1.bai, x.vcf.gz.tbi...): a reader of
+#: the one opens the other next, so both are made ready to read together.
+INDEX_SUFFIXES = (".bai", ".csi", ".tbi", ".crai", ".fai", ".gzi")
+
+
+def _companions(name: str) -> list[str]:
+    stem, dot, _ = name.rpartition(".")
+    return [name + suffix for suffix in INDEX_SUFFIXES] + ([stem + ".bai", stem + ".crai"] if dot else [])
 
 
 @dataclass(eq=False)
@@ -366,6 +374,7 @@ class Filesystem(pyfuse3.Operations):
             node.upload.readers += 1
         elif node.entry.content is None:
             handle.reader = self._reader(node)
+            self.cache.nursery.start_soon(self._prepare, node)
         self._handles[fh] = handle
         # Files are immutable at one version (a new version is a new inode): keep the page cache.
         return pyfuse3.FileInfo(fh=fh, keep_cache=not node.staged)
@@ -381,6 +390,18 @@ class Filesystem(pyfuse3.Operations):
             else:
                 return handle.node.entry.content[off : off + size]
         return await handle.reader.read(off, size)
+
+    async def _prepare(self, node: Node) -> None:
+        """Resolve a file's (and its index's) download URL while its first read is on its way."""
+        entries = [node.entry]
+        listing = self.listings.cached((node.platform.name, node.parent.key)) if node.parent is not None else None
+        if listing is not None:
+            entries += [listing[name] for name in _companions(node.path.rsplit("/", 1)[-1]) if name in listing]
+        for entry in entries:
+            try:
+                await node.platform.prepare_read(entry)
+            except PlatformError as exc:  # the read itself will say what is wrong
+                log.debug("%s: could not prepare a read of %s: %s", node.path, entry.name, exc)
 
     def _reader(self, node: Node) -> FileReader:
         platform, entry, what = node.platform, node.entry, node.path
