@@ -61,6 +61,9 @@ Writing: `uploads/` is the only writable place, and it only takes new files.
 - Writing over a file already in `uploads/` is refused (its entry allows nothing: the core answers
   EPERM): BugSeq can neither delete nor replace an uploaded file, so a second upload under the same
   name would be a duplicate that hides the first one's id. Upload it under another name instead.
+  The one exception is the core's own: a file written further after its upload was confirmed (an
+  fsync, or a close of one of its descriptors, then more writes) is uploaded again as a new BugSeq
+  file that the listing shows instead; the earlier id stays with BugSeq, unused.
 - There are no deletes, renames or directories to create: the API has none.
 - No abort either: an unfinished multipart upload stays with BugSeq's bucket (whose lifecycle rules
   are its own business); `abort_upload` does nothing.
@@ -326,8 +329,9 @@ class BugSeq(Platform):
     def _check_uploads(self, parent: Entry, name: str, replacing: Entry | None) -> None:
         if tuple(parent.key) != UPLOADS_KEY:
             raise PlatformError(f"{self.name}: files can be written only into uploads/, not as {name}", errno_=errno.EROFS)
-        if replacing is not None:
-            raise PlatformError(f"{self.name}/uploads/{name}: BugSeq cannot replace an uploaded file", errno_=errno.EPERM)
+        if replacing is not None:  # written further after its upload: the core uploads it anew
+            log.info("%s/uploads/%s: uploaded again with what was written since; BugSeq keeps the earlier "
+                     "file %s too", self.name, name, replacing.uid or replacing.key[-1])
 
     async def begin_upload(self, parent: Entry, name: str, size: int | None, replacing: Entry | None) -> dict:
         self._check_uploads(parent, name, replacing)
