@@ -1,8 +1,10 @@
-"""BugSeq uploads: the platform module's writing methods against the emulator's upload flow.
+"""BugSeq uploads: the platform module's writing methods against the emulator's upload flow, then
+real mounts where real tools write into `bugseq/uploads/`.
 
-The module is driven directly (as the core drives it) over real HTTP to the session's emulator;
-what arrived is read back from the emulator's own record (`/bugseq/_emulator/uploads`) and from the
-bytes it stored.
+The module is first driven directly (as the core drives it) over real HTTP to the session's
+emulator, to prove each fault surfaces as what the core retries; then through mounts. What arrived
+is read back from the emulator's own record (`/bugseq/_emulator/uploads`) and the bytes it stored:
+BugSeq has no download for uploaded files, so a mount cannot read them back (see the module's doc).
 """
 
 from __future__ import annotations
@@ -11,17 +13,25 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from omicsfs.emulator import bugseq as emulated
 from omicsfs.errors import AccessDenied, PlatformError
 from omicsfs.http import Http, RetryPolicy, new_client
 from omicsfs.platform import Entry, PartBody
 from omicsfs.platforms import bugseq
+from tests.conftest import md5sums, platform_table, run_omicsfs
 
 MiB = 1024 * 1024
 #: A quick retry policy: the knobs' faults are retried in milliseconds, not seconds.
@@ -255,7 +265,8 @@ async def test_dropped_connection_mid_part_is_sent_again(platform, fresh_emulato
     assert (stats["injected_failures"], stats["part_requests"], stats["parts_received"]) == (1, 3, 2)
 
 
-async def test_slow_part_past_the_client_timeout_is_sent_again(fresh_emulator):
+async def test_slow_part_past_the_client_timeout_is_sent_again(fresh_emulator, caplog):
+    caplog.set_level(logging.WARNING, logger="omicsfs")
     fresh_emulator.knobs(part_faults=[{"part": 1, "fault": "slow", "seconds": 2}])
     data = payload(6 * MiB, seed=7)
     async with new_client(timeout=0.5) as client:
@@ -263,6 +274,7 @@ async def test_slow_part_past_the_client_timeout_is_sent_again(fresh_emulator):
         handle = await platform.begin_upload(UPLOADS, "slow.bam", None, None)
         first = await platform.upload_part(handle, 1, body_of(data[: 5 * MiB]))
         assert fresh_emulator.stats()["part_requests"] == 2  # timed out once, sent again
+        assert "Timeout on PUT" in caplog.text and "retry 1/3" in caplog.text
         await trio.sleep(2.5)  # the slow request ends (on a closed connection) before the upload does
         parts = [(1, first), (2, await platform.upload_part(handle, 2, body_of(data[5 * MiB :])))]
         entry = await platform.complete_upload(handle, parts, len(data))
@@ -449,3 +461,239 @@ def test_presigned_shapes_accepted():
     assert bugseq._completed_parts([(2, "bb"), (1, '"aa"')]) == [{"PartNumber": 1, "ETag": '"aa"'}, {"PartNumber": 2, "ETag": '"bb"'}]
     assert bugseq._signs_content_md5("https://b.s3.amazonaws.com/k?AWSAccessKeyId=A&Expires=1&Signature=s")
     assert not bugseq._signs_content_md5("https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=s")
+
+
+# -- real mounts: what a user does in uploads/ -------------------------------------------------------
+
+BIG = 100 * MiB
+
+
+def write_payload(path: Path, size: int, seed: int) -> Path:
+    """A file of `size` pseudo-random bytes, written a few MiB at a time."""
+    rng = random.Random(seed)
+    with open(path, "wb") as out:
+        for start in range(0, size, 4 * MiB):
+            out.write(rng.randbytes(min(4 * MiB, size - start)))
+    return path
+
+
+def bugseq_mount(mount, emulator, cache: Path, *extra: str):
+    return mount({"bugseq": platform_table(emulator, "bugseq")}, *extra, cache_dir=cache)
+
+
+def file_id(path: Path) -> str:
+    return os.getxattr(path, "user.omicsfs.id").decode()
+
+
+def told_since(emulator, before: dict, name: str) -> list[dict]:
+    """Files named `name` the API was told of since `before` (an earlier `uploads_seen`)."""
+    return [file for key, file in uploads_seen(emulator).items() if key not in before and file["filename"] == name]
+
+
+def run(*command, check: bool = True, **options) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=600, **options)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+@pytest.mark.mount
+def test_cp_of_every_size_lands_and_a_fresh_mount_lists_it(mount, fresh_emulator, tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    files = [local / "empty.txt", write_payload(local / "barcode01.fastq", 200_000, 21), write_payload(local / "run.fastq.gz", BIG, 22)]
+    files[0].write_bytes(b"")
+    expected = {path.name: md5 for path, md5 in md5sums(files).items()}
+    cache = tmp_path / "cache"
+    first = bugseq_mount(mount, fresh_emulator, cache)
+    uploads = first.path / "bugseq" / "uploads"
+    run("cp", *files, uploads)
+
+    assert sorted(os.listdir(uploads)) == ["barcode01.fastq", "empty.txt", "run.fastq.gz"]
+    ids = {}
+    for path in files:
+        shown = uploads / path.name
+        assert shown.stat().st_size == path.stat().st_size
+        ids[path.name] = file_id(shown)
+        record = uploads_seen(fresh_emulator)[ids[path.name]]
+        assert (record["filename"], record["status"], record["size"]) == (path.name, "uploaded", path.stat().st_size)
+        assert record["md5"] == expected[path.name]
+        assert md5sums([Path(record["path"])])[Path(record["path"])] == expected[path.name]  # the bytes BugSeq holds
+    assert [uploads_seen(fresh_emulator)[ids[name]]["kind"] for name in ("empty.txt", "barcode01.fastq", "run.fastq.gz")] == [
+        "singlepart", "singlepart", "multipart"]
+    stats = fresh_emulator.stats()
+    assert (stats["uploads_started"], stats["uploads_completed"], stats["upload_bytes"]) == (3, 3, BIG + 200_000)
+    # BugSeq has no download for uploaded inputs: reading one back is refused, and the log says why.
+    refused = run("md5sum", uploads / "barcode01.fastq", check=False)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    assert "has no download for them" in first.log.read_text()
+
+    run_omicsfs("unmount", str(first.path))
+    second = bugseq_mount(mount, fresh_emulator, cache)  # the API lists no uploads: the mount's record does
+    uploads = second.path / "bugseq" / "uploads"
+    assert sorted(os.listdir(uploads)) == ["barcode01.fastq", "empty.txt", "run.fastq.gz"]
+    for path in files:
+        assert (uploads / path.name).stat().st_size == path.stat().st_size and file_id(uploads / path.name) == ids[path.name]
+    assert fresh_emulator.stats()["uploads_started"] == 3  # nothing uploaded again
+
+
+@pytest.mark.mount
+def test_samtools_sort_into_uploads(mount, fresh_emulator, tmp_path):
+    job = next(j for j in emulated.load(fresh_emulator.data_dir / "bugseq")["jobs"]
+               if any(o["filename"].endswith(".bam") for o in j["outputs"] or []))
+    source = emulated.object_path(fresh_emulator.data_dir / "bugseq",
+                                  next(o for o in job["outputs"] if o["filename"].endswith(".bam"))["object"])
+    by_name = tmp_path / "by-name.bam"
+    run("samtools", "sort", "-n", "--no-PG", "-o", by_name, source)
+    mounted = bugseq_mount(mount, fresh_emulator, tmp_path / "cache")
+    target = mounted.path / "bugseq" / "uploads" / "sorted.bam"
+    run("samtools", "sort", "--no-PG", "-o", target, by_name)
+    expected = tmp_path / "expected.bam"
+    run("samtools", "sort", "--no-PG", "-o", expected, by_name)
+
+    record = uploads_seen(fresh_emulator)[file_id(target)]
+    held = tmp_path / "held-by-bugseq.bam"
+    shutil.copyfile(record["path"], held)
+    assert md5sums([held, expected])[held] == md5sums([expected])[expected] == record["md5"]
+    run("samtools", "index", held)
+    run("samtools", "index", expected)
+    contig = run("samtools", "view", "-H", held).stdout.split("SN:", 1)[1].split("\t", 1)[0]
+    region = f"{contig}:1-200000"
+    count = run("samtools", "view", "-c", held, region).stdout.strip()
+    assert int(count) > 0 and count == run("samtools", "view", "-c", expected, region).stdout.strip()
+
+
+SEEK_AND_REWRITE = """
+import sys
+source, target = sys.argv[1], sys.argv[2]
+with open(source, "rb") as data, open(target, "wb") as out:
+    while chunk := data.read(1 << 20):
+        out.write(chunk)           # parts stream while this goes on
+    out.seek(0)
+    out.write(b"#rewritten header\\n")  # into a part already sent, most likely
+    out.seek(9 * 1024 * 1024)
+    out.write(b"middle")
+    out.seek(0, 2)
+    out.write(b"tail\\n")
+"""
+
+
+@pytest.mark.mount
+def test_script_that_seeks_back_and_rewrites(mount, fresh_emulator, tmp_path):
+    source = write_payload(tmp_path / "body", 20 * MiB, 23)
+    mounted = bugseq_mount(mount, fresh_emulator, tmp_path / "cache")
+    target = mounted.path / "bugseq" / "uploads" / "rewritten.vcf"
+    run(sys.executable, "-c", SEEK_AND_REWRITE, source, target)
+    data = bytearray(source.read_bytes())
+    data[0:18] = b"#rewritten header\n"
+    data[9 * MiB : 9 * MiB + 6] = b"middle"
+    data += b"tail\n"
+    assert stored(fresh_emulator, file_id(target)) == bytes(data)
+    assert target.stat().st_size == len(data)
+
+
+@pytest.mark.mount
+def test_rsync_inplace_of_a_directory(mount, fresh_emulator, tmp_path):
+    local = tmp_path / "run"
+    local.mkdir()
+    (local / "sample.csv").write_text("sample,barcode\nS1,barcode01\n")
+    (local / "empty.log").write_bytes(b"")
+    write_payload(local / "reads.fastq", 12 * MiB, 24)
+    mounted = bugseq_mount(mount, fresh_emulator, tmp_path / "cache")
+    uploads = mounted.path / "bugseq" / "uploads"
+    run("rsync", "-r", "--inplace", f"{local}/", f"{uploads}/")
+    assert sorted(os.listdir(uploads)) == ["empty.log", "reads.fastq", "sample.csv"]
+    for path in local.iterdir():
+        assert stored(fresh_emulator, file_id(uploads / path.name)) == path.read_bytes()
+
+
+@pytest.mark.mount
+def test_kill_9_mid_upload_then_remount_finishes_it(mount, fresh_emulator, tmp_path):
+    big = write_payload(tmp_path / "interrupted.fastq.gz", BIG, 25)
+    expected = md5sums([big])[big]
+    before = uploads_seen(fresh_emulator)
+    fresh_emulator.knobs(part_faults=[{"part": 4, "fault": "slow", "seconds": 12}])  # the upload is held mid-way
+    cache = tmp_path / "cache"
+    first = bugseq_mount(mount, fresh_emulator, cache)
+    target = first.path / "bugseq" / "uploads" / big.name
+    copying = subprocess.Popen(["cp", str(big), str(target)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    # All the bytes staged (cp is closing the file) and part 4 on its slow way: the daemon dies.
+    while not (target.exists() and target.stat().st_size == BIG and fresh_emulator.stats()["part_requests"] >= 4):
+        assert time.monotonic() < deadline and copying.poll() is None, "the copy did not reach the upload's middle"
+        time.sleep(0.05)
+    os.kill(first.daemon_pid(), signal.SIGKILL)
+    assert copying.wait(timeout=60) != 0  # the close never got its confirmation
+    run("fusermount3", "-u", first.path)
+    [started] = told_since(fresh_emulator, before, big.name)
+    assert started["status"] == "pending"
+
+    second = bugseq_mount(mount, fresh_emulator, cache)
+    while told_since(fresh_emulator, before, big.name)[0]["status"] != "uploaded":
+        assert time.monotonic() < deadline + 120, "the resumed upload did not finish"
+        time.sleep(0.2)
+    [record] = told_since(fresh_emulator, before, big.name)  # the same BugSeq file: its upload went on, not over
+    assert record["id"] == started["id"]
+    assert record["md5"] == expected and md5sums([Path(record["path"])])[Path(record["path"])] == expected
+    shown = second.path / "bugseq" / "uploads" / big.name
+    assert shown.stat().st_size == BIG and file_id(shown) == record["id"]
+    assert "resuming an upload" in second.log.read_text()
+
+
+@pytest.mark.mount
+def test_part_failures_drops_bad_etags_and_expired_urls_through_a_mount(mount, fresh_emulator, tmp_path):
+    """Each fault the knobs have, in one copy; an expired URL comes from a throttled PUT retried after
+    its URL (2 s) lapsed (Retry-After 3 s), so the module must ask BugSeq for a fresh one."""
+    big = write_payload(tmp_path / "reads.fastq", 30 * MiB, 26)
+    small = write_payload(tmp_path / "sheet.csv", 50_000, 27)
+    throttled = {"status": 503, "count": 1, "headers": {"Retry-After": "3"}, "body": {"message": "SlowDown"}}
+    fresh_emulator.knobs(
+        part_faults=[{"part": 1, "fault": "status", "status": 500, "count": 2}, {"part": 2, "fault": "drop", "after": MiB},
+                     {"part": 3, "fault": "badetag"}],
+        failures=[{"prefix": "/store/uploads/", **throttled}, {"prefix": "/bugseq/bucket/", **throttled}],
+        part_url_lifetime=2,
+    )
+    mounted = bugseq_mount(mount, fresh_emulator, tmp_path / "cache")
+    uploads = mounted.path / "bugseq" / "uploads"
+    run("cp", big, small, uploads)
+    for path in (big, small):
+        assert stored(fresh_emulator, file_id(uploads / path.name)) == path.read_bytes()
+    assert fresh_emulator.stats()["injected_failures"] == 2 + 1 + 1 + 2
+    log = mounted.log.read_text()
+    assert log.count("refused the upload URL") == 2 and "is not the MD5 of what was sent" in log
+
+
+@pytest.mark.mount
+def test_read_only_places_refuse_writes_and_bugseq_sees_no_upload(mount, fresh_emulator, tmp_path):
+    local = tmp_path / "notes.txt"
+    local.write_text("notes\n")
+    mounted = bugseq_mount(mount, fresh_emulator, tmp_path / "cache")
+    top = mounted.path / "bugseq"
+    uploads = top / "uploads"
+    run("cp", local, uploads / "kept.txt")
+    job = sorted((top / "jobs").iterdir())[0]
+    fresh_emulator.reset_stats()
+    before = uploads_seen(fresh_emulator)
+    refusals = [
+        (["cp", local, top / "notes.txt"], "Read-only file system"),
+        (["cp", local, mounted.path / "notes.txt"], "Read-only file system"),
+        (["mkdir", top / "jobs" / "new job"], "Read-only file system"),
+        (["cp", local, job / "outputs" / "notes.txt"], "Read-only file system"),
+        (["touch", job / "job.json"], "Read-only file system"),
+        (["rm", job / "job.json"], "Read-only file system"),
+        (["cp", local, uploads / "kept.txt"], "Operation not permitted"),  # BugSeq cannot replace an upload
+        (["truncate", "-s", "0", uploads / "kept.txt"], "Operation not permitted"),
+        (["mv", uploads / "kept.txt", uploads / "moved.txt"], "Operation not permitted"),
+        (["mkdir", uploads / "folder"], "Operation not permitted"),  # uploads have no folders
+        (["rm", uploads / "kept.txt"], "Operation not permitted"),  # nor delete one (deletes pause after)
+        (["rm", "-rf", uploads], "Operation not permitted"),
+    ]
+    for command, message in refusals:
+        result = run(*command, check=False)
+        assert result.returncode != 0 and message in result.stderr, (command, result.stderr)
+    assert sorted(os.listdir(uploads)) == ["kept.txt"]
+    stats = fresh_emulator.stats()
+    assert (stats["uploads_started"], stats["part_requests"]) == (0, 0)
+    assert uploads_seen(fresh_emulator) == before
+    log = mounted.log.read_text()
+    assert "bugseq/uploads/kept.txt: writing over a file refused" in log and "bugseq/jobs" in log
