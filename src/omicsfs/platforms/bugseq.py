@@ -51,6 +51,8 @@ Writing: `uploads/` is the only writable place, and it only takes new files.
   except to a SigV2-signed URL, whose signature covers `Content-MD5` and would then not match; the
   part's ETag (S3: the hex MD5 of its bytes) is returned unquoted for the core to check. A store that
   refuses a fresh part URL (403: expired on arrival, clocks apart) gets one more, freshly presigned.
+  (ETags are MD5s in a bucket with S3's default encryption; one encrypted with KMS answers others,
+  and `etag_is_md5` would have to be False: S3 still checks the bytes against `Content-MD5`.)
 - A single-part upload checks the ETag of its PUT against the MD5 itself and sends again on the same
   URL when they differ; a URL refused (expired) is replaced by a new single-part upload.
 - The API lists no uploaded files: `uploads/` is listed empty by this module and the core lists its
