@@ -144,18 +144,37 @@ class _Retry(Exception):
         self.delay = delay
 
 
+@dataclass
+class RequestStats:
+    """What one platform's requests came to, for `omicsfs status`."""
+
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    bytes_received: int = 0
+    last_error: str = ""
+
+
 class Http:
     """Requests with retries on connection errors, timeouts, cut bodies, 5xx and 429.
 
     One policy for every request omicsfs makes, API call or store read: a failure of the transport
     anywhere in the exchange (before the headers, or in the middle of a body) and a retryable
     status are tried again with backoff up to `retry.attempts` times, then reported with what the
-    request was for and the last cause.
+    request was for and the last cause. Each platform has its own `Http` (one shared client
+    underneath), so that its `stats` are its own.
     """
 
     def __init__(self, client: httpx.AsyncClient, retry: RetryPolicy = RetryPolicy()):
         self.client = client
         self.retry = retry
+        self.stats = RequestStats()
+
+    def _failed(self, error: PlatformError) -> PlatformError:
+        self.stats.errors += 1
+        self.stats.last_error = str(error)
+        return error
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[R]]) -> R:
         """`attempt()` until it returns, retrying whatever it raises as `_Retry`."""
@@ -167,11 +186,12 @@ class Http:
                 cause = failure.cause
                 delay = self.retry.backoff(number) if failure.delay is None else failure.delay
                 if delay > self.retry.max_delay * 3:
-                    raise PlatformError(f"{what}: {cause}; the server asks to wait {delay:.0f} s, giving up") from None
+                    raise self._failed(PlatformError(f"{what}: {cause}; the server asks to wait {delay:.0f} s, giving up")) from None
             if number + 1 < self.retry.attempts:
+                self.stats.retries += 1
                 log.warning("%s: %s; retry %d/%d in %.1f s", what, cause, number + 1, self.retry.attempts - 1, delay)
                 await trio.sleep(delay)
-        raise PlatformError(f"{what}: gave up after {self.retry.attempts} attempts; last: {cause}")
+        raise self._failed(PlatformError(f"{what}: gave up after {self.retry.attempts} attempts; last: {cause}"))
 
     async def _send(
         self,
@@ -183,6 +203,7 @@ class Http:
         params: dict | None,
         json_body: object,
         content: Content,
+        form: dict[str, str] | None,
         auth: httpx.Auth | None,
         ok: Callable[[int], bool],
         follow_redirects: bool | None,
@@ -194,11 +215,12 @@ class Http:
         other redirect is an error that names it, never a body to parse.
         """
         body = content() if callable(content) else content  # a fresh stream for each attempt
-        request = self.client.build_request(method, url, headers=headers, params=params, json=json_body, content=body)
+        request = self.client.build_request(method, url, headers=headers, params=params, json=json_body, content=body, data=form)
         origin = _origin(request.url)
         follow = method in ("GET", "HEAD") if follow_redirects is None else follow_redirects
         for _ in range(MAX_REDIRECTS + 1):
             started = time.monotonic()
+            self.stats.requests += 1
             try:
                 response = await self.client.send(request, stream=True, auth=auth if _origin(request.url) == origin else None)
             except RETRY_EXCEPTIONS as exc:
@@ -233,8 +255,10 @@ class Http:
         if response.is_redirect:
             reason += f" (to {redact_url(response.request.url.join(response.headers['location']))}, not followed)"
         reason += error_detail(response)
+        if status == 429:
+            self.stats.rate_limited += 1
         if status not in RETRY_STATUSES:
-            raise error_for_status(status, f"{what}: {reason}")
+            raise self._failed(error_for_status(status, f"{what}: {reason}"))
         asked = server_delay(response)
         raise _Retry(reason, None if asked is None else asked + self.retry.rng.uniform(0, 0.1))
 
@@ -249,6 +273,7 @@ class Http:
         params: dict | None = None,
         json_body: object = None,
         content: Content = None,
+        form: dict[str, str] | None = None,
         auth: httpx.Auth | None = None,
         ok: Callable[[int], bool] = _ok,
         follow_redirects: bool | None = None,
@@ -258,8 +283,9 @@ class Http:
         Failures before the headers are retried here; the caller handles its own body (see
         `request` and `read_range`, which retry failures in the body too). `what` names what the
         request is for (a path in the mount, an API object); it leads every log line and error.
+        The body is `json_body`, `content` or `form` (urlencoded, as OAuth endpoints take it).
         """
-        options = dict(headers=headers, params=params, json_body=json_body, content=content, auth=auth, ok=ok,
+        options = dict(headers=headers, params=params, json_body=json_body, content=content, form=form, auth=auth, ok=ok,
                        follow_redirects=follow_redirects)
         response = await self._retrying(what, lambda: self._send(method, url, what=what, **options))
         try:
@@ -279,6 +305,7 @@ class Http:
             raise _Retry(f"{type(exc).__name__} reading the answer to {method} {redact_url(url)}") from None
         finally:
             await response.aclose()
+        self.stats.bytes_received += len(response.content)
         return response
 
     async def json(self, method: str, url: str, *, what: str, **options) -> tuple[httpx.Response, object]:
@@ -331,7 +358,8 @@ class Http:
                     skip = position - _body_offset(response, position, end, by_header=range_param is None)
                     if skip < 0:
                         raise PlatformError(f"{what}: asked for bytes from {position}, the server sent from {position - skip}")
-                    async for chunk in response.aiter_raw():
+                    chunks = response.aiter_raw()
+                    async for chunk in chunks:
                         if skip:
                             dropped = min(skip, len(chunk))
                             chunk, skip = chunk[dropped:], skip - dropped
@@ -339,7 +367,12 @@ class Http:
                         if chunk:
                             position += len(chunk)
                             received += len(chunk)
-                            if position >= end:  # before the last yield: a consumer may stop there
+                            self.stats.bytes_received += len(chunk)
+                            if position >= end:
+                                # Before the last yield (a consumer may stop there): the body read
+                                # to its end hands the connection back to the pool for the next
+                                # request, where a body left unread would close it.
+                                await _drain(chunks)
                                 log.debug("%s: received bytes %d-%d in %.3f s", what, position - received, end - 1,
                                           time.monotonic() - started)
                             yield chunk
@@ -351,7 +384,8 @@ class Http:
                 failures += 1
                 cause = f"{type(exc).__name__} after {received} bytes of GET {redact_url(url)}"
                 if failures >= self.retry.attempts:
-                    raise PlatformError(f"{what}: gave up after {failures} attempts; last: {cause}") from None
+                    raise self._failed(PlatformError(f"{what}: gave up after {failures} attempts; last: {cause}")) from None
+                self.stats.retries += 1
                 delay = self.retry.backoff(failures - 1)
                 log.warning("%s: %s; resuming at byte %d in %.1f s", what, cause, position, delay)
                 await trio.sleep(delay)
@@ -382,7 +416,21 @@ class Http:
         return {**(headers or {}), "Range": f"bytes={start}-{end - 1}"}, params
 
 
-_SEND_DEFAULTS = dict(headers=None, params=None, json_body=None, content=None, auth=None, ok=_ok, follow_redirects=None)
+#: Most bytes read past a range's end to hand its connection back (a server that ignored the
+#: range sends the whole object: that connection is closed instead).
+DRAIN_LIMIT = 256 * 1024
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    left = DRAIN_LIMIT
+    async for extra in chunks:
+        left -= len(extra)
+        if left < 0:
+            return
+
+
+_SEND_DEFAULTS = dict(headers=None, params=None, json_body=None, content=None, form=None, auth=None, ok=_ok,
+                      follow_redirects=None)
 
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$")
