@@ -221,6 +221,9 @@ async def store_part(request: Request) -> Response:
     if refused:
         await _drain(request)
         return _s3_error(403, "AccessDenied", refused)
+    if "content-length" not in request.headers:  # S3 takes no chunked PUT to a presigned URL
+        await _drain(request)
+        return _s3_error(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
     upload = store.get(upload_id)
     if upload is None:
         await _drain(request)
