@@ -523,10 +523,9 @@ def test_cp_of_every_size_lands_and_a_fresh_mount_lists_it(mount, fresh_emulator
         "singlepart", "singlepart", "multipart"]
     stats = fresh_emulator.stats()
     assert (stats["uploads_started"], stats["uploads_completed"], stats["upload_bytes"]) == (3, 3, BIG + 200_000)
-    # BugSeq has no download for uploaded inputs: reading one back is refused, and the log says why.
-    refused = run("md5sum", uploads / "barcode01.fastq", check=False)
-    assert refused.returncode != 0 and "Permission denied" in refused.stderr
-    assert "has no download for them" in first.log.read_text()
+    # BugSeq has no download for uploaded inputs: what was written reads back from the cache,
+    # which kept the staged bytes as the file's copy.
+    assert md5sums([uploads / path.name for path in files]) == {uploads / name: md5 for name, md5 in expected.items()}
 
     run_omicsfs("unmount", str(first.path))
     second = bugseq_mount(mount, fresh_emulator, cache)  # the API lists no uploads: the mount's record does
@@ -534,7 +533,13 @@ def test_cp_of_every_size_lands_and_a_fresh_mount_lists_it(mount, fresh_emulator
     assert sorted(os.listdir(uploads)) == ["barcode01.fastq", "empty.txt", "run.fastq.gz"]
     for path in files:
         assert (uploads / path.name).stat().st_size == path.stat().st_size and file_id(uploads / path.name) == ids[path.name]
+    assert md5sums([uploads / "run.fastq.gz"])[uploads / "run.fastq.gz"] == expected["run.fastq.gz"]
     assert fresh_emulator.stats()["uploads_started"] == 3  # nothing uploaded again
+
+    # The record of uploads is the cache directory's journal: a mount on another shows none.
+    third = bugseq_mount(mount, fresh_emulator, tmp_path / "other-cache")
+    elsewhere = third.path / "bugseq" / "uploads"
+    assert os.listdir(elsewhere) == [], "the record of uploads belongs to the first cache directory"
 
 
 @pytest.mark.mount

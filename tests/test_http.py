@@ -812,3 +812,10 @@ async def test_all_pages_goes_on_one_page_at_a_time_after_a_short_page_or_withou
         return items[offset : offset + 300], None
 
     assert await all_pages(no_total) == items
+
+
+def test_error_detail_of_an_object_store_xml_error():
+    body = b'<?xml version="1.0"?>\n<Error><Code>BadDigest</Code><Message>The Content-MD5 did not match.</Message></Error>'
+    response = httpx.Response(400, content=body, headers={"Content-Type": "application/xml"})
+    assert error_detail(response) == ": BadDigest: The Content-MD5 did not match."
+    assert error_detail(httpx.Response(403, content=b"<Error><Code>AccessDenied</Code></Error>")) == ": AccessDenied"

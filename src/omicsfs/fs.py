@@ -22,6 +22,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import pyfuse3
@@ -165,6 +166,7 @@ class Filesystem(pyfuse3.Operations):
         self.uploads = uploads
         if uploads is not None:
             uploads.on_confirmed = self._confirmed
+            uploads.adopt = self._adopt
         self.uid, self.gid = os.getuid(), os.getgid()
         #: The mount's root and the platforms' top directories show when the mount started.
         self.started = time.time()
@@ -589,8 +591,15 @@ class Filesystem(pyfuse3.Operations):
         node = self._node(inode)
         if not node.staged:
             directory = self._directory_of(node)
-            self._refuse(directory, node.path, "changing attributes",
-                         "" if directory.entry.allows.isdisjoint(WRITABLE) else "only a file being written can change")
+            writable = not directory.entry.allows.isdisjoint(WRITABLE) or not node.entry.allows.isdisjoint(WRITABLE)
+            if writable and not fields.update_size:
+                # Times and modes where files are written (`cp -p`, `rsync -a` set them after the
+                # copy): platforms keep their own dates and no modes, so the call succeeds and
+                # changes nothing; `stat` shows the platform's date.
+                log.debug("%s: times or mode not kept (the platform keeps its own)", node.path)
+                return self.attributes(node)
+            self._refuse(directory if not node.entry.is_dir or not writable else node, node.path, "changing attributes",
+                         "" if not writable else "only a file being written can change size")
         upload = node.upload
         if fields.update_size:
             upload.staged.truncate(attr.st_size)
@@ -651,6 +660,8 @@ class Filesystem(pyfuse3.Operations):
 
     async def _delete(self, parent: Node, name: str, entry: Entry) -> None:
         path = self._path(parent, name)
+        if "delete" not in entry.allows and parent.entry.allows.isdisjoint(WRITABLE):
+            self._refuse(parent, path, "delete")  # a read-only place: EROFS, paused or not
         if time.monotonic() < self._deletes_paused_until:
             log.warning("%s: delete refused: deletes are paused for %.0f s after a refused delete", path, DELETE_PAUSE)
             raise pyfuse3.FUSEError(errno.EPERM)
@@ -731,6 +742,12 @@ class Filesystem(pyfuse3.Operations):
         node.entry, node.identity = entry, identity
         node.obj = ObjectRef.for_file(record.platform, entry.uid or repr(entry.key), entry.version, entry.size)
         self._inodes_by_identity[identity] = node.inode
+
+    def _adopt(self, upload: Upload, path: str) -> bool:
+        """A confirmed upload's bytes become the cached copy of the platform's new file."""
+        entry = upload.entry
+        obj = ObjectRef.for_file(upload.record.platform, entry.uid or repr(entry.key), entry.version, entry.size)
+        return self.cache.store.adopt(obj, Path(path), self.cache.nursery)
 
     # -- explicit acts (`omicsfs complete PATH`) -------------------------------------------------
 

@@ -62,6 +62,7 @@ class PartStore:
     def __init__(self, world: World):
         self.world = world
         self.directory = world.data_dir / "uploads"
+        shutil.rmtree(self.directory, ignore_errors=True)  # an earlier run's unfinished parts
         self.uploads: dict[str, Upload] = {}
         self._ids = itertools.count(1)
 
