@@ -3,8 +3,8 @@
 
 It holds one read-only file, `zeros`, of `--size` bytes (1 GiB by default); a read returns that
 many zero bytes and does nothing else. It is mounted the way omicsfs mounts (pyfuse3 + trio, the
-same mount options, the file opened with keep_cache, the FUSE device's read_ahead_kb raised to
-1024 from a thread once the mount is live), so reading `zeros` measures what pyfuse3 and the
+same mount options, the file opened with keep_cache, the FUSE device's read_ahead_kb set as
+omicsfs sets it, from a thread once the mount is live), so reading `zeros` measures what pyfuse3 and the
 kernel cost on this machine with no fetching, caching or bookkeeping at all.
 
     python bench/nullfs.py MOUNTPOINT [--size 1G]
@@ -29,8 +29,6 @@ import trio
 from omicsfs.blockcache import BLOCK_SIZE
 from omicsfs.mount import tune_device
 
-#: As omicsfs.mount.READ_AHEAD_KB: lets sequential readers get 1 MiB FUSE read requests.
-READ_AHEAD_KB = 1024
 FILE_NAME = b"zeros"
 FILE_INODE = pyfuse3.ROOT_INODE + 1
 TIMEOUT = 3600.0
