@@ -13,6 +13,10 @@
   `?redirect=meta` a JSON `HrefContent` / `Expires`.
 - 429s (injected through the knobs) carry `X-RateLimit-*` and `X-Retry-After`.
 
+Control routes (`/_emulator/basespace/...`, not BaseSpace's): tests add a file to a sample, app
+result or run, and change a file's bytes (with a new size and date, under the same id), to see
+new and changed data appear through a mount. `POST /_emulator/reset` undoes both.
+
 V2 (seed 001), where the emulator derives the V2 view from the V1 account as BaseSpace does
 (a dataset per sample and per app result, `V1pre3Id` naming it; a biosample per sample name):
 - `{"Items", "Paging"}` envelopes with lower-case `offset`/`limit` (default 10, at most 1000 here),
@@ -25,8 +29,11 @@ V2 (seed 001), where the emulator derives the V2 view from the V1 account as Bas
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import email.utils
 import hashlib
+import itertools
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -82,7 +89,7 @@ class Account:
 
 
 def routes(world: World) -> list[Route]:
-    account = Account(world)
+    account = world.platforms["basespace"] = Account(world)
 
     def authorized(request: Request) -> bool:
         world.stats.api_requests += 1
@@ -472,3 +479,76 @@ def _sort_key(value) -> tuple:
     """Numeric ids sort as numbers, as BaseSpace's do."""
     text = str(value)
     return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+# -- control routes: data that changes under a mount -------------------------------------------
+
+
+def control_routes(world: World) -> list[Route]:
+    """`POST files` adds a file, `PUT files/{id}` gives a file new bytes; both undone by a reset.
+
+    The body names the bytes as `content` (text) or `content_base64`, and may give the file's
+    `date` (BaseSpace's spelling; now by default). Adding also takes `parent` (`samples/<id>`,
+    `appresults/<id>` or `runs/<id>`), `path` (the file's `Path`) and, optionally, its `id`.
+    """
+    account: Account = world.platforms["basespace"]  # type: ignore[assignment]
+    containers = {"samples": account.samples, "appresults": account.appresults, "runs": account.runs}
+    versions = itertools.count()
+
+    def write(file_id: str, body: dict) -> tuple[int, str]:
+        data = base64.b64decode(body["content_base64"]) if "content_base64" in body else str(body["content"]).encode()
+        path = world.scratch_dir / "basespace" / f"{file_id}.{next(versions)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        world.objects[file_id] = path
+        return len(data), hashlib.md5(data).hexdigest()
+
+    async def add_file(request: Request) -> Response:
+        body = await request.json()
+        kind, _, parent_id = str(body["parent"]).partition("/")
+        parent = containers.get(kind, {}).get(parent_id)
+        if parent is None:
+            return JSONResponse({"error": f"no {body['parent']}"}, status_code=404)
+        file_id = str(body.get("id") or max(int(i) for i in account.files) + 1)
+        if file_id in account.files:
+            return JSONResponse({"error": f"file {file_id} exists"}, status_code=409)
+        path = str(body["path"])
+        size, md5 = write(file_id, body)
+        item = {"Id": file_id, "Name": path.rsplit("/", 1)[-1], "Path": path, "Size": size,
+                "ContentType": "application/octet-stream", "DateCreated": body.get("date") or _now(), "Md5": md5}
+        parent["files"].append(item)
+        account.files[file_id] = item
+
+        def undo() -> None:
+            parent["files"].remove(item)
+            del account.files[file_id]
+            world.objects.pop(file_id, None)
+
+        world.on_reset(undo)
+        return JSONResponse(item)
+
+    async def change_file(request: Request) -> Response:
+        file_id = request.path_params["fid"]
+        item = account.files.get(file_id)
+        if item is None:
+            return JSONResponse({"error": f"no file {file_id}"}, status_code=404)
+        body = await request.json()
+        before, object_before = dict(item), world.objects.get(file_id)
+        item["Size"], item["Md5"] = write(file_id, body)
+        item["DateCreated"] = body.get("date") or _now()
+
+        def undo() -> None:
+            item.clear()
+            item.update(before)
+            world.objects[file_id] = object_before
+
+        world.on_reset(undo)
+        return JSONResponse(item)
+
+    return [Route("/files", add_file, methods=["POST"]), Route("/files/{fid}", change_file, methods=["PUT"])]
+
+
+def _now() -> str:
+    """Now, as BaseSpace writes dates: 7 fractional digits, no zone (UTC)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return f"{now:%Y-%m-%dT%H:%M:%S}.{now.microsecond:06d}0"
