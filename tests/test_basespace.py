@@ -276,6 +276,7 @@ def test_v2_datasets_appsessions_biosamples_and_quota(mount, fresh_emulator, acc
     assert (usage.f_blocks - usage.f_bfree) * usage.f_frsize == pytest.approx(statistics["TotalSize"], rel=1e-3)
 
 
+@pytest.mark.mount  # runs `omicsfs mount`, which tries the platform 8 times
 def test_unreachable_platform_fails_the_mount_clearly(tmp_path):
     from omicsfs.emulator.server import free_port
 

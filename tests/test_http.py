@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import logging
+import random
 import time
 import types
 
@@ -194,6 +195,38 @@ def test_retry_backoff_is_bounded():
             assert min(5.0, 0.2 * 2**attempt) / 2 <= policy.backoff(attempt) <= min(5.0, 0.2 * 2**attempt)
 
 
+#: SEMANTICS: 0.2 s doubling to 20 s, each wait at least half its step.
+STEPS = [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 20.0, 20.0, 20.0]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_backoff_waits_at_least_half_its_step_under_a_seeded_generator(seed):
+    policy = RetryPolicy(rng=random.Random(seed))
+    waits = [policy.backoff(attempt) for attempt in range(len(STEPS))]
+    for step, wait in zip(STEPS, waits):
+        assert step / 2 <= wait <= step
+    # The same seed gives the same waits: a test can replay them.
+    again = RetryPolicy(rng=random.Random(seed))
+    assert [again.backoff(attempt) for attempt in range(len(STEPS))] == waits
+    # and the rest of each wait is random, so that waiting readers do not retry in step.
+    assert len({round(policy.backoff(3), 9) for _ in range(20)}) > 1
+
+
+def test_eight_tries_by_default():
+    assert RetryPolicy().attempts == 8
+    assert (RetryPolicy().base_delay, RetryPolicy().max_delay) == (0.2, 20.0)
+
+
+async def test_the_default_policy_tries_8_times_and_waits_between(client_for, autojump_clock):
+    server = Server(status(503))
+    http = Http(client_for(server))  # the policy a mount uses
+    with pytest.raises(PlatformError, match="gave up after 8 attempts"):
+        await http.request("GET", "https://api.example/x", what="down")
+    assert len(server.requests) == 8
+    for step, gap in zip(STEPS, server.gaps):
+        assert gap >= step / 2
+
+
 # -- Http: success, retries, rate limits ----------------------------------------------------------
 
 
@@ -239,7 +272,7 @@ async def test_429_without_a_header_backs_off(client_for, autojump_clock):
     await http.request("GET", "https://api.example/x", what="rate")
     assert len(server.requests) == 4
     for attempt, gap in enumerate(server.gaps):
-        assert gap <= 0.5 * 2**attempt + 1e-9
+        assert 0.5 * 2**attempt / 2 <= gap <= 0.5 * 2**attempt + 1e-9
 
 
 async def test_server_asking_for_too_long_a_wait_is_not_waited_for(client_for, autojump_clock):
@@ -260,6 +293,7 @@ async def test_5xx_is_retried(client_for, autojump_clock, code):
     http = http_for(client_for, server)
     assert await http.get_json("https://api.example/x", what="flaky") == "fine"
     assert len(server.requests) == 3
+    assert server.gaps[0] >= 0.25 and server.gaps[1] >= 0.5  # half of 0.5 s, then of 1 s
 
 
 async def test_connection_errors_are_retried(client_for, autojump_clock):
@@ -267,6 +301,7 @@ async def test_connection_errors_are_retried(client_for, autojump_clock):
     http = http_for(client_for, server)
     assert await http.get_json("https://api.example/x", what="net") == []
     assert len(server.requests) == 3
+    assert server.gaps[0] >= 0.25 and server.gaps[1] >= 0.5
 
 
 async def test_exhausted_retries_raise_eio(client_for, autojump_clock, caplog):

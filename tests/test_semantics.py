@@ -356,3 +356,19 @@ def test_lazy_unmount_with_a_file_open(mount, account):
         rest = file.read()  # an open file still reads after a lazy unmount
     assert md5(head + rest) == item_at(account, f"{WGS}/Variants/S1.vcf.gz")["Md5"]
     wait_for(lambda: daemon_pid(mounted.path) is None, seconds=30)  # and the daemon ends once it is closed
+
+
+def test_an_unmount_right_after_a_read_keeps_what_was_read(mount, fresh_emulator, account, tmp_path):
+    # The disk cache is written behind the reads: an unmount the moment a read ends must still
+    # leave every block of it on disk (SEMANTICS: an unmount waits for the queue to drain).
+    cache = tmp_path / "shared cache"
+    first = mount(None, cache_dir=cache)
+    bam = f"{WGS}/Alignment/S1.bam"
+    (first.path / bam).stat()
+    subprocess.run(["sh", "-c", 'cat "$1" > /dev/null && fusermount3 -u "$2"', "sh", str(first.path / bam), str(first.path)], check=True)
+    wait_for(lambda: daemon_pid(first.path) is None, seconds=60)
+
+    fresh_emulator.reset_stats()
+    second = mount(None, cache_dir=cache)
+    assert md5((second.path / bam).read_bytes()) == item_at(account, bam)["Md5"]
+    assert fresh_emulator.stats()["store_requests"] == 0
