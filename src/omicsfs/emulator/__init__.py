@@ -45,6 +45,8 @@ class Knobs:
 
     #: The most items any list page holds, whatever `Limit` asked (real servers cap pages too).
     page_cap: int = 250
+    #: Lists served in the reverse of the order asked for (BaseSpace): names must not depend on it.
+    reverse_lists: bool = False
     #: Seconds a presigned URL stays valid.
     url_lifetime: float = 600.0
     #: Seconds the expiry a platform states lies beyond the real one (clocks differ): clients must

@@ -115,7 +115,8 @@ def routes(world: World) -> list[Route]:
             return envelope({}, 400, f"Limit must be within 0-{max_limit}")
         sort_by = query.get("SortBy", "Id")
         descending = query.get("SortDir", "Asc").lower() == "desc"
-        ordered = sorted(items, key=lambda item: _sort_key(item.get(sort_by, item.get("Id"))), reverse=descending)
+        reverse = descending != world.knobs.reverse_lists
+        ordered = sorted(items, key=lambda item: _sort_key(item.get(sort_by, item.get("Id"))), reverse=reverse)
         shown = ordered[offset : offset + min(limit, world.knobs.page_cap)]
         return envelope(
             {
@@ -312,6 +313,7 @@ def routes(world: World) -> list[Route]:
             return v2_error(400, "BASESPACE.COMMON.INVALID_PARAMETER", "offset and limit must be integers")
         if not 0 <= limit <= 1000 or offset < 0:
             return v2_error(400, "BASESPACE.COMMON.INVALID_PARAMETER", "limit must be within 0-1000")
+        items = items[::-1] if world.knobs.reverse_lists else items
         shown = items[offset : offset + min(limit, world.knobs.page_cap)]
         paging = {"DisplayedCount": len(shown), "TotalCount": len(items), "Offset": offset, "Limit": limit,
                   "SortDir": "Asc", "SortBy": query.get("sortby", "Id")}
