@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # build pyfuse3; samtools, tabix: the tools the tests run through the mount; attr: getfattr.
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv samtools tabix attr curl
 
-.PHONY: demo test bench deps venv clean
+.PHONY: demo test bench mutation deps venv clean
 
 demo: deps venv
 	$(VENV)/bin/omicsfs demo ./mnt
@@ -19,6 +19,13 @@ test: deps venv
 bench: deps venv
 	@command -v rclone >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rclone
 	$(PYTHON) bench/bench_read.py
+
+# Not part of `make test` or CI: about 50 minutes on two cores. Breaks one line of a core module at
+# a time and counts the breaks no test notices (tests/mutation/run.py; report in build/mutation/).
+# One module: `make mutation MODULES=naming`.
+mutation: deps venv
+	$(VENV)/bin/python -m pip install -q -e '.[test,mutation]'
+	$(PYTHON) tests/mutation/run.py $(MODULES)
 
 deps:
 	@missing=""; for package in $(APT_PACKAGES); do \
