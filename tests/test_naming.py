@@ -114,6 +114,30 @@ def test_with_id_keeps_the_id_and_extension_within_255_bytes(char):
     assert named.startswith(char * 10)
 
 
+def test_names_are_cut_at_255_bytes_exactly():
+    assert MAX_NAME_BYTES == 255  # the kernel's NAME_MAX
+    assert safe_name("x" * 300) == "x" * 255
+    assert safe_name("x" * 255) == "x" * 255
+    assert len(with_id("x" * 300 + ".bam", "7").encode()) == 255
+
+
+def test_a_long_id_is_cut_to_half_the_limit_so_the_name_stays():
+    # The suffix " (id).ext" keeps at most 127 bytes: the rest of the 255 is the name's.
+    assert with_id("report.txt", "x" * 300) == "report (" + "x" * 125
+    assert with_id("report.txt", "x" * 100) == "report (" + "x" * 100 + ").txt"
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("x." + "e" * 31, "x (1)." + "e" * 31),  # an extension of 32 characters, dot included
+        ("x." + "e" * 32, "x." + "e" * 32 + " (1)"),  # 33: not an extension
+    ],
+)
+def test_extensions_are_at_most_32_characters(name, expected):
+    assert with_id(name, "1") == expected
+
+
 # -- unique_names ---------------------------------------------------------------------------------
 
 

@@ -96,7 +96,7 @@ def outcomes(session: Path) -> dict[str, list[dict]]:
             "FROM mutation_specs m JOIN work_results r ON m.job_id = r.job_id"
         ).fetchall()
     for operator, line, worker, test, diff, output in rows:
-        outcome = "skipped" if worker == "skipped" else (test or worker)
+        outcome = ("skipped" if worker.lower() == "skipped" else (test or worker)).lower()
         found.setdefault(outcome, []).append({"operator": operator, "line": line, "diff": diff or "", "output": output or ""})
     return found
 
