@@ -221,3 +221,30 @@ async def test_read_at_and_past_the_end(tmp_path, nursery):
 async def test_large_reads_span_blocks(tmp_path, nursery, offset, length):
     reader, source, data = make_reader(tmp_path, nursery, 6 * BLOCK_SIZE + 17)
     assert await reader.read(offset, length) == data[offset : offset + length]
+
+
+# -- what the mutation run found unchecked ------------------------------------------------------
+
+
+async def test_the_second_sequential_read_prefetches_exactly_one_window(tmp_path, nursery):
+    reader, source, data = make_reader(tmp_path, nursery, 16 * MiB)
+    await reader.read(0, READ)
+    await trio.testing.wait_all_tasks_blocked()
+    assert source.high_water == READ  # a first read is taken as random: its own blocks only
+    await reader.read(READ, READ)
+    await trio.testing.wait_all_tasks_blocked()
+    assert source.high_water == 2 * READ + 1 * MiB  # this read's blocks and the first 1 MiB window after them
+
+
+def test_reading_on_after_a_far_seek_back_is_sequential_again():
+    readahead = ReadAhead(8 * MiB)
+    for n in range(160):  # 20 MiB read in order
+        readahead.advance(n * READ, READ)
+    assert readahead.advance(0, READ) is None  # back to the start: a seek
+    assert readahead.advance(READ, READ) == (2 * READ, 2 * READ + FIRST_WINDOW)  # and on from there: sequential
+
+
+@pytest.mark.parametrize("offset", [0, 12345, 3 * BLOCK_SIZE + 99])
+async def test_a_one_byte_read(tmp_path, nursery, offset):
+    reader, source, data = make_reader(tmp_path, nursery, 3 * BLOCK_SIZE + 100)
+    assert await reader.read(offset, 1) == data[offset : offset + 1]
