@@ -606,3 +606,85 @@ async def test_a_run_of_consecutive_blocks_is_one_segment_file(tmp_path):
     again = DiskCache(tmp_path, 64 * ON_DISK)
     assert [again.get(obj, index) for index in (0, 1, 2, 4)] == [block_of(data, index) for index in (0, 1, 2, 4)]
     assert (obj, 3) not in again
+
+
+# -- what the mutation run found unchecked ------------------------------------------------------
+
+
+class StalledDisk(DiskCache):
+    """A disk that takes no write until released: the queue in front of it fills up."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.release = trio.Event()
+        self.batches: list[int] = []
+
+    async def put_async(self, blocks):
+        self.batches.append(len(blocks))
+        await self.release.wait()
+        await super().put_async(blocks)
+
+
+@pytest.mark.parametrize("memory, queued", [(64 * 1024 * 1024, 128), (1024 * 1024 * 1024, 256)])
+async def test_blocks_that_find_the_disk_queue_full_are_served_but_not_cached(tmp_path, nursery, memory, queued):
+    # SEMANTICS: the disk queue holds at most 16 MiB, or an eighth of the memory cache if less;
+    # a long read is served whole while the disk lags, and GETs are at most 16 MiB.
+    obj, data = make_object("stalled", 400 * BLOCK_SIZE)
+    source = FakeSource(data)
+    disk = StalledDisk(tmp_path, 1024 * ON_DISK)
+    cache = BlockCache(memory, disk, nursery)
+    cache.prefetch(obj, source, 0, 399)
+    assert b"".join([await cache.get(obj, source, i) for i in range(400)]) == data
+    assert sorted(source.calls) == [(0, 256 * BLOCK_SIZE), (256 * BLOCK_SIZE, 400 * BLOCK_SIZE)]
+    (writing,) = disk.batches  # the batch the writer took before the disk stalled
+    assert cache.stats.disk_writes_skipped == 400 - writing - queued
+    disk.release.set()
+    await cache.flush()
+    assert disk.batches[1] == 64 and all(size <= 64 for size in disk.batches)  # written 64 blocks at a time
+    assert sum(disk.batches) == writing + queued
+    assert sum((obj, i) in disk for i in range(400)) == writing + queued
+
+
+async def test_a_block_outside_the_object_is_refused(tmp_path, nursery):
+    obj, data = make_object("outside", 2 * BLOCK_SIZE)
+    cache = new_cache(tmp_path, nursery)
+    for index in (-1, 2, 3):
+        with pytest.raises(ValueError):
+            await cache.get(obj, FakeSource(data), index)
+
+
+def test_disk_block_exactly_as_large_as_the_cache_is_stored(tmp_path):
+    obj, data = make_object("exact", BLOCK_SIZE)
+    disk = DiskCache(tmp_path, ON_DISK)
+    disk.put(obj, 0, data)
+    assert disk.get(obj, 0) == data and disk.used == ON_DISK
+
+
+async def test_a_batch_larger_than_the_cache_keeps_what_fits(tmp_path):
+    obj, data = make_object("batch", 10 * BLOCK_SIZE)
+    disk = DiskCache(tmp_path, 3 * ON_DISK)
+    await disk.put_async([(obj, index, block_of(data, index)) for index in (0, 2, 4, 6, 8)])  # five runs of one
+    assert disk.used == 3 * ON_DISK
+    assert [index for index in range(10) if (obj, index) in disk] == [0, 2, 4]
+
+
+def test_litter_in_the_cache_directory_is_removed(tmp_path):
+    obj, data = make_object("litter", BLOCK_SIZE)
+    disk = DiskCache(tmp_path, 4 * ON_DISK)
+    disk.put(obj, 0, data)
+    litter = [disk.directory / "ab" / "notes", disk.directory / "cd" / "x.1.2.3.tmp"]
+    for path in litter:
+        path.write_bytes(b"not a segment")
+    again = DiskCache(tmp_path, 4 * ON_DISK)
+    assert not any(path.exists() for path in litter)
+    assert again.get(obj, 0) == data and again.used == ON_DISK
+
+
+def test_a_block_gone_from_disk_is_a_quiet_miss(tmp_path, caplog):
+    obj, data = make_object("quiet", BLOCK_SIZE)
+    disk = DiskCache(tmp_path, 4 * ON_DISK)
+    disk.put(obj, 0, data)
+    disk._path(obj, 0).unlink()
+    with caplog.at_level(logging.WARNING, logger="omicsfs.blockcache"):
+        assert disk.get(obj, 0) is None
+    assert caplog.records == []  # evicted by another process, say: nothing to warn about
