@@ -85,6 +85,12 @@ def test_modes_and_owner(mount):
         assert stat.S_ISREG(mode) and stat.S_IMODE(mode) == 0o444, (file, oct(mode))
     for path in (root / PROJECT, root / WGS / "Alignment/S1.bam"):
         assert (path.stat().st_uid, path.stat().st_gid) == (os.getuid(), os.getgid())
+    bam = (root / WGS / "Alignment/S1.bam").stat()
+    assert (bam.st_nlink, bam.st_size, bam.st_blocks) == (1, 5445154, 10636)  # 512-byte blocks, rounded up: `du`
+    assert (root / PROJECT).stat().st_nlink == 2
+    assert subprocess.run(["du", "-k", str(root / WGS / "Alignment/S1.bam")], capture_output=True, text=True).stdout.split()[0] == "5318"
+    usage = os.statvfs(root)
+    assert usage.f_namemax == 255 and usage.f_bsize == 65536
 
 
 def test_extended_attributes_are_listed_and_read(mount):
