@@ -688,3 +688,54 @@ def test_a_block_gone_from_disk_is_a_quiet_miss(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="omicsfs.blockcache"):
         assert disk.get(obj, 0) is None
     assert caplog.records == []  # evicted by another process, say: nothing to warn about
+
+
+async def test_each_run_of_consecutive_blocks_is_its_own_segment(tmp_path):
+    obj, data = make_object("runs", 8 * BLOCK_SIZE)
+    disk = DiskCache(tmp_path, 64 * ON_DISK)
+    await disk.put_async([(obj, index, block_of(data, index)) for index in (5, 0, 4, 1)])
+    assert sorted(files_on_disk(disk).values()) == [2 * ON_DISK, 2 * ON_DISK]  # 0-1 and 4-5
+
+
+def test_cache_files_are_private(tmp_path):
+    obj, data = make_object("private", BLOCK_SIZE)
+    disk = DiskCache(tmp_path, 4 * ON_DISK)
+    disk.put(obj, 0, data)
+    (path,) = files_on_disk(disk)
+    assert path.stat().st_mode & 0o777 == 0o600  # cached bytes of private data: the owner's alone
+
+
+async def test_a_segment_that_cannot_be_written_is_skipped_and_the_rest_written(tmp_path, caplog):
+    obj, data = make_object("unwritable", 8 * BLOCK_SIZE)
+    disk = DiskCache(tmp_path, 64 * ON_DISK)
+    blocked = Path(disk._segment(obj, 0, 2))
+    blocked.mkdir()  # a directory where the first segment must go: its rename fails
+    with caplog.at_level(logging.WARNING, logger="omicsfs.blockcache"):
+        await disk.put_async([(obj, index, block_of(data, index)) for index in (0, 1, 4, 5)])
+    assert any("cannot write" in record.getMessage() for record in caplog.records)
+    assert [(obj, index) in disk for index in (0, 1, 4, 5)] == [False, False, True, True]
+    assert disk.get(obj, 4) == block_of(data, 4) and disk.used == 2 * ON_DISK
+    assert not [path for path in disk.directory.rglob("*.tmp")]
+
+
+async def test_a_source_that_sends_more_than_asked_is_not_read_further(tmp_path, nursery):
+    obj, data = make_object("more", 4 * BLOCK_SIZE)
+    consumed = []
+
+    async def chatty(start: int, end: int):
+        for position in range(start, len(data), 1000):  # ignores `end`
+            consumed.append(position)
+            yield data[position : position + 1000]
+
+    cache = new_cache(tmp_path, nursery)
+    assert await cache.get(obj, chatty, 1) == block_of(data, 1)
+    assert len(consumed) == 66  # the chunks that make up the block (66 x 1000 bytes), and no more
+
+
+async def test_memory_hits_are_counted(tmp_path, nursery):
+    obj, data = make_object("hits", 2 * BLOCK_SIZE)
+    cache = new_cache(tmp_path, nursery)
+    await cache.get(obj, FakeSource(data), 0)
+    assert cache.stats.memory_hits == 0
+    await cache.get(obj, FakeSource(data), 0)
+    assert cache.stats.memory_hits == 1
