@@ -325,6 +325,16 @@ def test_the_daemon_forgets_what_the_kernel_forgets(mount, account):
     assert os.statvfs(mounted.path).f_files <= 100
     # Nothing is lost: the same walk finds the same files, and their bytes.
     assert sorted(Path(d, n) for d, _, names in os.walk(runs) for n in names) == sorted(walk)
+    # Names the kernel looked up one by one (not listed) are forgotten as well.
+    Path("/proc/sys/vm/drop_caches").write_text("2")
+    for path in walk[::3]:
+        path.stat()
+    assert os.statvfs(mounted.path).f_files > 300
+    Path("/proc/sys/vm/drop_caches").write_text("2")
+    deadline = time.monotonic() + 30
+    while os.statvfs(mounted.path).f_files > 100 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert os.statvfs(mounted.path).f_files <= 100
     (run,) = account["runs"]
     info = next(f for f in run["files"] if f["Name"] == "RunInfo.xml")
     assert hashlib.md5((runs / run["Name"] / "Files/RunInfo.xml").read_bytes()).hexdigest() == info["Md5"]

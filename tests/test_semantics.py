@@ -91,6 +91,21 @@ def test_modes_and_owner(mount):
     assert subprocess.run(["du", "-k", str(root / WGS / "Alignment/S1.bam")], capture_output=True, text=True).stdout.split()[0] == "5318"
     usage = os.statvfs(root)
     assert usage.f_namemax == 255 and usage.f_bsize == 65536
+    # df: BaseSpace's quota (1 TiB) and usage (StorageStatistics), in 64 KiB blocks.
+    assert usage.f_blocks * usage.f_frsize == 1 << 40
+    assert (usage.f_blocks - usage.f_bavail) * usage.f_frsize == pytest.approx(187_512_345_678, abs=65536)
+    # `.json` is the platform's answer, keys sorted, indented by two.
+    assert (root / PROJECT / ".json").read_text().startswith('{\n  "DateCreated": "2023-05-17T')
+
+
+def test_a_directory_listed_again_keeps_every_entry_usable(mount):
+    # 151 cycle folders: more than one readdir reply holds, listed twice (the second time the
+    # kernel knows them all), then every one opened.
+    lane = mount().path / RUN / "Files/Data/Intensities/BaseCalls/L001"
+    first = sorted(os.listdir(lane))
+    assert len(first) == 151 and sorted(os.listdir(lane)) == first
+    for name in first:
+        assert len(os.listdir(lane / name)) == 8, name
 
 
 def test_extended_attributes_are_listed_and_read(mount):
