@@ -22,10 +22,10 @@ bench: deps venv
 
 # Not part of `make test` or CI: about 50 minutes on two cores. Breaks one line of a core module at
 # a time and counts the breaks no test notices (tests/mutation/run.py; report in build/mutation/).
-# One module: `make mutation MODULES=naming`.
+# One module: `make mutation MODULES=naming`; the last run's survivors only, after adding tests: `make mutation AGAIN=1`.
 mutation: deps venv
 	$(VENV)/bin/python -m pip install -q -e '.[test,mutation]'
-	$(PYTHON) tests/mutation/run.py $(MODULES)
+	AGAIN=$(AGAIN) $(PYTHON) tests/mutation/run.py $(MODULES)
 
 deps:
 	@missing=""; for package in $(APT_PACKAGES); do \

@@ -12,7 +12,8 @@ How it is bounded:
 - two workers, each in its own copy of the committed tree (`git archive HEAD`), run at once.
 
 The sessions, the report and the survivors' diffs land in build/mutation/. Run one module with
-`make mutation MODULES=naming`.
+`make mutation MODULES=naming`; `make mutation AGAIN=1` tests again only the mutants that survived
+the last run (after tests were added), keeping every other result.
 """
 
 from __future__ import annotations
@@ -101,9 +102,16 @@ def outcomes(session: Path) -> dict[str, list[dict]]:
     return found
 
 
-def main(modules: list[str]) -> int:
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
+def main(modules: list[str], again: bool = False) -> int:
+    if again:  # keep the sessions: only their survivors are tested again, by the tests as they are now
+        for module in modules:
+            with sqlite3.connect(OUT / f"{module}.sqlite") as db:
+                db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+        for old in OUT.glob("worker-*"):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     data = Path(os.environ.setdefault("OMICSFS_TEST_DATA", str(ROOT / "build" / "emulator-data")))
     print(f"mutation: emulator data in {data} (generated once, reused by every test run)", flush=True)
     from omicsfs.emulator.server import EmulatorProcess
@@ -124,8 +132,8 @@ def main(modules: list[str]) -> int:
             started = time.monotonic()
             settings, session = OUT / f"{module}.toml", OUT / f"{module}.sqlite"
             settings.write_text(config(module))
-            for step in (["cosmic-ray", "init", settings, session], ["cr-filter-operators", session, settings],
-                         ["cosmic-ray", "exec", settings, session]):
+            steps = [["cosmic-ray", "init", settings, session], ["cr-filter-operators", session, settings]]
+            for step in ([] if again else steps) + [["cosmic-ray", "exec", settings, session]]:
                 # In a worker's copy: the mutants are found in the very file the workers mutate.
                 subprocess.run([str(BIN / step[0]), *map(str, step[1:])], cwd=OUT / "worker-0", check=True)
             found = outcomes(session)
@@ -152,4 +160,4 @@ def main(modules: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or list(MODULES)))
+    sys.exit(main(sys.argv[1:] or list(MODULES), again=os.environ.get("AGAIN", "") not in ("", "0")))
