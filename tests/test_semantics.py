@@ -98,6 +98,16 @@ def test_modes_and_owner(mount):
     assert (root / PROJECT / ".json").read_text().startswith('{\n  "DateCreated": "2023-05-17T')
 
 
+def test_a_directory_of_2000_files_lists_whole(mount, fresh_emulator, account):
+    # Far more than one readdir reply holds: the listing continues where each reply ended.
+    parent = f"samples/{sample_id(account, 'S2')}"
+    fresh_emulator.control("POST", "basespace/files", [
+        {"parent": parent, "path": f"many/file-{number:04d}.txt", "content": "x"} for number in range(2000)
+    ])
+    many = mount().path / S2_FILES / "many"
+    assert sorted(os.listdir(many)) == [f"file-{number:04d}.txt" for number in range(2000)]
+
+
 def test_a_directory_listed_again_keeps_every_entry_usable(mount):
     # 151 cycle folders: more than one readdir reply holds, listed twice (the second time the
     # kernel knows them all), then every one opened.

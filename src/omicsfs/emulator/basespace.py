@@ -34,6 +34,7 @@ import datetime as dt
 import email.utils
 import hashlib
 import itertools
+import json
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -487,7 +488,7 @@ def _sort_key(value) -> tuple:
 
 
 def control_routes(world: World) -> list[Route]:
-    """`POST files` adds a file, `PUT files/{id}` gives a file new bytes; both undone by a reset.
+    """`POST files` adds a file (or a list of them), `PUT files/{id}` gives a file new bytes; both undone by a reset.
 
     The body names the bytes as `content` (text) or `content_base64`, and may give the file's
     `date` (BaseSpace's spelling; now by default). Adding also takes `parent` (`samples/<id>`,
@@ -505,8 +506,16 @@ def control_routes(world: World) -> list[Route]:
         world.objects[file_id] = path
         return len(data), hashlib.md5(data).hexdigest()
 
-    async def add_file(request: Request) -> Response:
+    async def add_files(request: Request) -> Response:
+        """One file (a JSON object), or many (a list of them) in one call."""
         body = await request.json()
+        answers = [add_file(each) for each in (body if isinstance(body, list) else [body])]
+        failed = next((answer for answer in answers if answer.status_code != 200), None)
+        if failed is not None or not isinstance(body, list):
+            return failed or answers[0]
+        return JSONResponse([json.loads(answer.body) for answer in answers])
+
+    def add_file(body: dict) -> Response:
         kind, _, parent_id = str(body["parent"]).partition("/")
         parent = containers.get(kind, {}).get(parent_id)
         if parent is None:
@@ -547,7 +556,7 @@ def control_routes(world: World) -> list[Route]:
         world.on_reset(undo)
         return JSONResponse(item)
 
-    return [Route("/files", add_file, methods=["POST"]), Route("/files/{fid}", change_file, methods=["PUT"])]
+    return [Route("/files", add_files, methods=["POST"]), Route("/files/{fid}", change_file, methods=["PUT"])]
 
 
 def _now() -> str:

@@ -85,7 +85,7 @@ class EmulatorProcess:
         """Default knobs, zeroed stats, and the data as generated (what tests changed, undone)."""
         httpx.post(f"{self.url}/_emulator/reset", timeout=10).raise_for_status()
 
-    def control(self, method: str, path: str, body: dict | None = None) -> dict:
+    def control(self, method: str, path: str, body: dict | list | None = None) -> dict | list:
         """A call to a platform's control routes, e.g. `control("POST", "basespace/files", {...})`."""
         return httpx.request(method, f"{self.url}/_emulator/{path}", json=body, timeout=10).raise_for_status().json()
 
