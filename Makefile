@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # the mount (the write tests).
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv samtools tabix attr curl systemd rsync
 
-.PHONY: demo test bench deps venv clean
+.PHONY: demo test bench mutation deps venv clean
 
 demo: deps venv
 	$(VENV)/bin/omicsfs demo ./mnt
@@ -23,6 +23,13 @@ test: deps venv
 bench: APT_PACKAGES += nginx rclone strace
 bench: deps venv
 	$(PYTHON) bench/bench_read.py $(BENCH_ARGS)
+
+# Not part of `make test` or CI: about 50 minutes on two cores. Breaks one line of a core module at
+# a time and counts the breaks no test notices (tests/mutation/run.py; report in build/mutation/).
+# One module: `make mutation MODULES=naming`; the last run's survivors only, after adding tests: `make mutation AGAIN=1`.
+mutation: deps venv
+	$(VENV)/bin/python -m pip install -q -e '.[test,mutation]'
+	AGAIN=$(AGAIN) $(PYTHON) tests/mutation/run.py $(MODULES)
 
 deps:
 	@missing=""; for package in $(APT_PACKAGES); do \

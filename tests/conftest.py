@@ -2,11 +2,13 @@
 
 Every mount is made with `omicsfs mount` (background mode, as a user would) against the emulator
 over loopback, and on teardown it is unmounted and its log is checked for leaked secrets.
+
+Every test that uses the emulator or a mount is marked `mount`, so that `pytest -m "not mount"`
+runs the unit tests alone, without starting the emulator.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -15,13 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from omicsfs.emulator import Knobs
 from omicsfs.emulator.server import EmulatorProcess
 from omicsfs.mount import daemon_pid, is_mounted
 
 #: The sample account's large file in tests: large next to the small memory caches tests mount with.
 TEST_LARGE_FILE = "64M"
 OMICSFS = [sys.executable, "-m", "omicsfs"]
+#: Fixtures that start the emulator or mount: a test using one is a `mount` test.
+MOUNT_FIXTURES = {"emulator", "fresh_emulator", "mount"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if MOUNT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.mount)
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +43,10 @@ def emulator(tmp_path_factory) -> EmulatorProcess:
 
 @pytest.fixture
 def fresh_emulator(emulator) -> EmulatorProcess:
-    """The session's emulator with default knobs and zeroed stats."""
-    defaults = Knobs()
-    emulator.knobs(**dataclasses.asdict(defaults))
-    emulator.reset_stats()
-    return emulator
+    """The session's emulator with default knobs, zeroed stats and its data as generated."""
+    emulator.reset()
+    yield emulator
+    emulator.reset()  # data a test changed never reaches the next test, whatever fixture it uses
 
 
 def platform_table(emulator: EmulatorProcess, kind: str, **overrides) -> dict:
@@ -129,3 +137,4 @@ def assert_no_secrets(log: Path, secrets: list[str]) -> None:
     for secret in secrets:
         assert secret not in text, f"a token reached {log}"
     assert "X-Signature" not in text, f"a presigned URL's signature reached {log}"
+

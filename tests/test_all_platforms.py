@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from omicsfs.emulator import platform_modules
+from omicsfs.emulator import bugseq, isabl, platform_modules, sampledata, sevenbridges
 from omicsfs.mount import is_mounted
 from tests.conftest import md5sums, platform_table
 
@@ -23,6 +24,23 @@ def first_files(root: Path, suffix: str) -> list[Path]:
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
         found += [Path(directory, name) for name in sorted(names) if name.endswith(suffix)]
     return found
+
+
+def source_of(emulator, kind: str, path: Path) -> Path:
+    """The emulator's file behind a mounted file, found by the attributes the mount gives it."""
+    data = emulator.data_dir / kind
+    if kind == "basespace":
+        return sampledata.object_path(data, os.getxattr(path, "user.omicsfs.id").decode())
+    if kind == "sevenbridges":
+        return sevenbridges.object_path(data, os.getxattr(path, "user.omicsfs.id").decode())
+    if kind == "bugseq":
+        job_id, filename = (os.getxattr(path, f"user.omicsfs.{key}").decode() for key in ("job_id", "filename"))
+        job = next(job for job in bugseq.load(data)["jobs"] if job["id"] == job_id)
+        return bugseq.object_path(data, next(o["object"] for o in job["outputs"] if o["filename"] == filename))
+    assert kind == "isabl"
+    installation = isabl.Installation(data)
+    analysis = installation.tables["analyses"][int(os.getxattr(path, "user.omicsfs.analysis"))]
+    return installation.local_path(analysis["results"][os.getxattr(path, "user.omicsfs.result").decode()])
 
 
 def test_every_platform_side_by_side_in_one_mount(mount, fresh_emulator):
@@ -39,9 +57,13 @@ def test_every_platform_side_by_side_in_one_mount(mount, fresh_emulator):
         assert count.returncode == 0 and int(count.stdout) > 0, (kind, count.stderr)
         # and every platform's bytes come through whole: the BGZF EOF marker ends each BAM.
         assert bam.read_bytes()[-28:] == bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
-    # One md5sum run over files of all four platforms.
+    # One md5sum run over files of all four platforms, each equal to the emulator's own bytes.
     some = [path for kind in KINDS for path in first_files(mounted.path / kind, ".bai")[:2]]
-    assert len(md5sums(some)) == len(some)
+    assert {path.relative_to(mounted.path).parts[0] for path in some} == set(KINDS)
+    sums = md5sums(some)
+    for path in some:
+        kind = path.relative_to(mounted.path).parts[0]
+        assert sums[path] == hashlib.md5(source_of(fresh_emulator, kind, path).read_bytes()).hexdigest(), path
     # df on the mount answers (BaseSpace reports its quota).
     assert os.statvfs(mounted.path).f_blocks > 0
 

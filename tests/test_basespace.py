@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -51,10 +52,9 @@ def test_layout_as_basemount_users_know_it(mount, account):
     root = mount().path / "basespace"
     assert sorted(os.listdir(root)) == ["BioSamples", "Projects", "Runs"]
     projects = sorted(os.listdir(root / "Projects"))
-    pilots = [p for p in account["projects"] if p["Name"] == "RNA Pilot"]
-    assert projects == sorted(
-        [f"RNA Pilot ({p['Id']})" for p in pilots] + ["Tumor-Normal WGS", "Exome 2024∕Q3"]
-    ), "same-named projects both appear, told apart by id; a slash is made safe"
+    assert projects == ["Exome 2024∕Q3", "RNA Pilot (1863987)", "RNA Pilot (1864263)", "Tumor-Normal WGS"], (
+        "same-named projects both appear, told apart by id; a slash is made safe"
+    )
     entities = ["AppResults", "AppSessions", "Datasets", "Samples"]
     assert sorted(os.listdir(root / "Projects/Tumor-Normal WGS")) == [".id", ".json", *entities]
     assert tool("ls", str(root / "Projects/Tumor-Normal WGS")).split() == entities
@@ -77,10 +77,12 @@ def test_layout_as_basemount_users_know_it(mount, account):
     basecalls = root / "Runs" / run["Name"] / "Files/Data/Intensities/BaseCalls/L001"
     assert len(os.listdir(basecalls)) == 151
     assert sorted(os.listdir(basecalls / "C1.1")) == sorted(os.listdir(basecalls / "C151.1"))
-    # Dates with 7 fractional digits and no zone are read as UTC.
-    assert int(bam.stat().st_mtime) == int(
-        time.mktime(time.strptime(bam_item["DateCreated"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-    )
+    # Dates with 7 fractional digits are read to the microsecond; without a zone, as UTC.
+    assert bam_item["DateCreated"] == "2023-06-02T23:36:40.0521944Z"
+    assert bam.stat().st_mtime == pytest.approx(1685749000.052194, abs=1e-6)
+    run_info = root / "Runs" / run["Name"] / "Files/RunInfo.xml"
+    assert run["files"][0]["DateCreated"] == "2022-11-03T00:33:25.0000000"
+    assert run_info.stat().st_mtime == 1667435605
 
 
 def test_ls_l_makes_no_request_per_file(mount, fresh_emulator):
@@ -153,10 +155,17 @@ def test_paging_past_1000_files_with_capped_pages(mount, fresh_emulator, account
     assert fresh_emulator.stats()["api_requests"] >= len(run["files"]) // 7
 
 
-def test_names_are_stable_across_remounts(mount):
-    first = sorted(os.listdir(mount().path / "basespace/Projects"))
-    second = sorted(os.listdir(mount().path / "basespace/Projects"))
-    assert first == second and len(set(first)) == len(first)
+def test_names_do_not_depend_on_the_order_of_listings(mount, fresh_emulator):
+    def names(root: Path) -> list[str]:
+        projects = root / "basespace/Projects"
+        return sorted(str(Path(d, n).relative_to(projects)) for d, _, files in os.walk(projects) for n in files)
+
+    first = names(mount().path)
+    fresh_emulator.knobs(reverse_lists=True)  # every list, V1 and V2, comes the other way round
+    second = names(mount().path)
+    assert first == second
+    assert "RNA Pilot (1863987)/Samples/S1/Files/S1_L001_R1_001.fastq.gz" in first
+    assert "RNA Pilot (1864263)/Samples/S1/Files/S1_L001_R1_001.fastq.gz" in first
 
 
 def test_url_that_expires_in_the_middle_of_a_read(mount, fresh_emulator, emulator):
@@ -180,7 +189,11 @@ def test_429_storm_is_ridden_out(mount, fresh_emulator, account):
     fresh_emulator.knobs(failures=[rate_limit_failure(retry_after=1, count=3)])
     root = mount().path / "basespace"
     assert len(os.listdir(root / "Projects")) == len(account["projects"])
-    assert fresh_emulator.stats()["injected_failures"] == 3
+    stats = fresh_emulator.stats()
+    assert stats["injected_failures"] == 3
+    # X-Retry-After: 1 was honoured: the server saw each try at least a second after the last.
+    times = stats["injected_at"]
+    assert all(later - earlier >= 0.99 for earlier, later in zip(times, times[1:])), times
 
 
 def test_store_5xx_storm_is_ridden_out(mount, fresh_emulator, emulator):
@@ -189,7 +202,11 @@ def test_store_5xx_storm_is_ridden_out(mount, fresh_emulator, emulator):
     data = (root / "Variants/S1.vcf.gz").read_bytes()
     expected = source_path(emulator, os.getxattr(root / "Variants/S1.vcf.gz", "user.omicsfs.id").decode()).read_bytes()
     assert data == expected
-    assert fresh_emulator.stats()["injected_failures"] == 3
+    stats = fresh_emulator.stats()
+    assert stats["injected_failures"] == 3
+    # Backed off between tries: at least half of 0.2 s, 0.4 s (SEMANTICS), then 0.8 s before the try that worked.
+    times = stats["injected_at"]
+    assert [later - earlier >= least for earlier, later, least in zip(times, times[1:], (0.1, 0.2))] == [True, True], times
 
 
 def test_missing_file_is_enoent_and_platform_errors_are_logged(mount, fresh_emulator):
@@ -207,8 +224,9 @@ def test_missing_file_is_enoent_and_platform_errors_are_logged(mount, fresh_emul
     with pytest.raises(PermissionError):
         (root / WGS / "Variants/S1.vcf.gz.tbi").read_bytes()
     log = mounted.log.read_text()
-    assert "basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files/Variants/S1.vcf.gz: read" in log
-    assert "404" in log and "403" in log
+    # Each failure logged with the path in the mount and the platform's answer.
+    assert re.search(r"BWA Alignment S1/Files/Variants/S1\.vcf\.gz: read of \d+ bytes at 0 failed: .* answered 404 Not Found", log)
+    assert re.search(r"BWA Alignment S1/Files/Variants/S1\.vcf\.gz\.tbi: read of \d+ bytes at 0 failed: .* answered 403 Forbidden", log)
 
 
 def test_wrong_token_fails_the_mount_clearly_and_leaves_nothing_mounted(fresh_emulator, tmp_path):
@@ -258,7 +276,7 @@ def test_v2_datasets_appsessions_biosamples_and_quota(mount, fresh_emulator, acc
         "samtools", "view", str(local_copies / "S1.bam"), region
     )
     sessions = sorted(os.listdir(project / "AppSessions"))
-    assert sessions == sorted(a["appsession"]["Name"].replace("/", "∕") for a in wgs["appresults"])
+    assert sessions == ["Archive 06∕02∕2023 11:58:02", "BWA Alignment S1 06∕01∕2023 22:07:22"]  # slashes made safe
     logs = project / "AppSessions" / sessions[0] / "Logs"
     assert sorted(os.listdir(logs)) == ["Workflow", "stderr.txt", "stdout.txt"]
     assert "started for" in (logs / "stdout.txt").read_text()
@@ -276,6 +294,7 @@ def test_v2_datasets_appsessions_biosamples_and_quota(mount, fresh_emulator, acc
     assert (usage.f_blocks - usage.f_bfree) * usage.f_frsize == pytest.approx(statistics["TotalSize"], rel=1e-3)
 
 
+@pytest.mark.mount  # runs `omicsfs mount`, which tries the platform 8 times
 def test_unreachable_platform_fails_the_mount_clearly(tmp_path):
     from omicsfs.emulator.server import free_port
 
@@ -306,6 +325,16 @@ def test_the_daemon_forgets_what_the_kernel_forgets(mount, account):
     assert os.statvfs(mounted.path).f_files <= 100
     # Nothing is lost: the same walk finds the same files, and their bytes.
     assert sorted(Path(d, n) for d, _, names in os.walk(runs) for n in names) == sorted(walk)
+    # Names the kernel looked up one by one (not listed) are forgotten as well.
+    Path("/proc/sys/vm/drop_caches").write_text("2")
+    for path in walk[::3]:
+        path.stat()
+    assert os.statvfs(mounted.path).f_files > 300
+    Path("/proc/sys/vm/drop_caches").write_text("2")
+    deadline = time.monotonic() + 30
+    while os.statvfs(mounted.path).f_files > 100 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert os.statvfs(mounted.path).f_files <= 100
     (run,) = account["runs"]
     info = next(f for f in run["files"] if f["Name"] == "RunInfo.xml")
     assert hashlib.md5((runs / run["Name"] / "Files/RunInfo.xml").read_bytes()).hexdigest() == info["Md5"]

@@ -262,3 +262,15 @@ def test_a_mount_point_left_dead_by_kill_9_is_mounted_again(mount, fresh_emulato
     assert again.returncode == 0, again.stderr
     assert sorted(os.listdir(mounted.path / "basespace")) == ["BioSamples", "Projects", "Runs"]
     assert "a previous mount died; unmounting it" in mounted.log.read_text()
+
+
+def test_a_cut_api_answer_is_retried_and_the_mount_lives_on(mount, fresh_emulator):
+    mounted = mount()
+    projects = mounted.path / "basespace" / "Projects"
+    # The listing of projects is cut 100 bytes into its body, once: a retry gets all of it.
+    fresh_emulator.knobs(cuts=[{"prefix": "/basespace/v1pre3/users/current/projects", "after_bytes": 100, "count": 1}])
+    assert sorted(os.listdir(projects)) == [
+        "Exome 2024∕Q3", "RNA Pilot (1863987)", "RNA Pilot (1864263)", "Tumor-Normal WGS",
+    ]
+    assert fresh_emulator.stats()["cut_bodies"] == 1
+    assert is_mounted(mounted.path)

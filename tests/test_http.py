@@ -13,6 +13,8 @@ import errno
 import io
 import json
 import logging
+import random
+import re
 import time
 import types
 
@@ -200,6 +202,38 @@ def test_retry_backoff_is_bounded():
             assert min(5.0, 0.2 * 2**attempt) / 2 <= policy.backoff(attempt) <= min(5.0, 0.2 * 2**attempt)
 
 
+#: SEMANTICS: 0.2 s doubling to 20 s, each wait at least half its step.
+STEPS = [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 20.0, 20.0, 20.0]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_backoff_waits_at_least_half_its_step_under_a_seeded_generator(seed):
+    policy = RetryPolicy(rng=random.Random(seed))
+    waits = [policy.backoff(attempt) for attempt in range(len(STEPS))]
+    for step, wait in zip(STEPS, waits):
+        assert step / 2 <= wait <= step
+    # The same seed gives the same waits: a test can replay them.
+    again = RetryPolicy(rng=random.Random(seed))
+    assert [again.backoff(attempt) for attempt in range(len(STEPS))] == waits
+    # and the rest of each wait is random, so that waiting readers do not retry in step.
+    assert len({round(policy.backoff(3), 9) for _ in range(20)}) > 1
+
+
+def test_eight_tries_by_default():
+    assert RetryPolicy().attempts == 8
+    assert (RetryPolicy().base_delay, RetryPolicy().max_delay) == (0.2, 20.0)
+
+
+async def test_the_default_policy_tries_8_times_and_waits_between(client_for, autojump_clock):
+    server = Server(status(503))
+    http = Http(client_for(server))  # the policy a mount uses
+    with pytest.raises(PlatformError, match="gave up after 8 attempts"):
+        await http.request("GET", "https://api.example/x", what="down")
+    assert len(server.requests) == 8
+    for step, gap in zip(STEPS, server.gaps):
+        assert gap >= step / 2
+
+
 # -- Http: success, retries, rate limits ----------------------------------------------------------
 
 
@@ -245,7 +279,7 @@ async def test_429_without_a_header_backs_off(client_for, autojump_clock):
     await http.request("GET", "https://api.example/x", what="rate")
     assert len(server.requests) == 4
     for attempt, gap in enumerate(server.gaps):
-        assert gap <= 0.5 * 2**attempt + 1e-9
+        assert 0.5 * 2**attempt / 2 <= gap <= 0.5 * 2**attempt + 1e-9
 
 
 async def test_server_asking_for_too_long_a_wait_is_not_waited_for(client_for, autojump_clock):
@@ -266,6 +300,7 @@ async def test_5xx_is_retried(client_for, autojump_clock, code):
     http = http_for(client_for, server)
     assert await http.get_json("https://api.example/x", what="flaky") == "fine"
     assert len(server.requests) == 3
+    assert server.gaps[0] >= 0.25 and server.gaps[1] >= 0.5  # half of 0.5 s, then of 1 s
 
 
 async def test_connection_errors_are_retried(client_for, autojump_clock):
@@ -273,6 +308,7 @@ async def test_connection_errors_are_retried(client_for, autojump_clock):
     http = http_for(client_for, server)
     assert await http.get_json("https://api.example/x", what="net") == []
     assert len(server.requests) == 3
+    assert server.gaps[0] >= 0.25 and server.gaps[1] >= 0.5
 
 
 async def test_exhausted_retries_raise_eio(client_for, autojump_clock, caplog):
@@ -819,3 +855,113 @@ def test_error_detail_of_an_object_store_xml_error():
     response = httpx.Response(400, content=body, headers={"Content-Type": "application/xml"})
     assert error_detail(response) == ": BadDigest: The Content-MD5 did not match."
     assert error_detail(httpx.Response(403, content=b"<Error><Code>AccessDenied</Code></Error>")) == ": AccessDenied"
+# -- what the mutation run found unchecked ------------------------------------------------------
+
+
+def test_backoff_jitter_spans_the_upper_half_of_each_step():
+    policy = RetryPolicy(rng=random.Random(1))
+    waits = [policy.backoff(2) for _ in range(200)]  # step 0.8 s
+    assert min(waits) >= 0.4 and max(waits) <= 0.8
+    assert min(waits) < 0.45 and max(waits) > 0.75
+
+
+@pytest.mark.parametrize("asked, waited", [("25", True), ("35", False)])
+async def test_a_server_asked_wait_is_honoured_up_to_three_times_the_longest_backoff(client_for, autojump_clock, asked, waited):
+    server = Server(status(429, {"Retry-After": asked}), ok())
+    http = http_for(client_for, server, max_delay=10.0)
+    if waited:
+        await http.request("GET", "https://api.example/x", what="slow")
+        assert len(server.requests) == 2 and server.gaps[0] >= 25
+    else:
+        with pytest.raises(PlatformError, match="asks to wait 35 s, giving up"):
+            await http.request("GET", "https://api.example/x", what="slow")
+        assert len(server.requests) == 1
+
+
+async def test_each_retry_is_logged_with_its_number(client_for, autojump_clock, caplog):
+    server = Server(status(503), status(503), status(503), ok())
+    http = http_for(client_for, server, attempts=4)
+    with caplog.at_level(logging.WARNING, logger="omicsfs.http"):
+        await http.request("GET", "https://api.example/x", what="f")
+    assert [re.search(r"retry \d+/\d+", r.getMessage()).group() for r in caplog.records] == ["retry 1/3", "retry 2/3", "retry 3/3"]
+
+
+async def test_read_range_stops_at_the_end_of_the_range(client_for):
+    """A server that ignores Range sends everything: only [start, end) is yielded."""
+    server = Server(lambda request: httpx.Response(200, stream=Body(DATA, chunk=700)))
+    http = http_for(client_for, server)
+    data = b"".join([chunk async for chunk in http.read_range(SIGNED, 1500, 2600, what="f")])
+    assert data == DATA[1500:2600]
+
+
+async def test_read_range_refuses_a_body_that_starts_after_the_range(client_for):
+    server = Server(lambda request: httpx.Response(206, content=DATA[101:200], headers={"Content-Range": f"bytes 101-199/{len(DATA)}"}))
+    http = http_for(client_for, server)
+    with pytest.raises(PlatformError, match="asked for bytes from 100, the server sent from 101"):
+        async for _ in http.read_range(SIGNED, 100, 200, what="f"):
+            pass
+
+
+async def test_read_range_in_a_query_parameter(client_for):
+    server = Server(lambda request: httpx.Response(200, stream=Body(DATA[100:5100])))
+    http = http_for(client_for, server)
+    data = b"".join([c async for c in http.read_range("https://api.example/stream", 100, 5100, what="f", params={"a": "b"}, range_param="range")])
+    assert data == DATA[100:5100]
+    assert dict(server.requests[0].url.params) == {"a": "b", "range": "100-5099"}
+    assert "range" not in server.requests[0].headers
+
+
+@pytest.mark.parametrize(
+    "answer, size",
+    [
+        (httpx.Response(206, content=b"x", headers={"Content-Range": "bytes 0-0/12345"}), 12345),
+        (httpx.Response(416, headers={"Content-Range": "bytes */0"}), 0),
+        (httpx.Response(200, content=b"y" * 777), 777),
+    ],
+)
+async def test_object_size_from_a_one_byte_get(client_for, answer, size):
+    server = Server(answer)
+    http = http_for(client_for, server)
+    assert await http.object_size(SIGNED, what="f") == size
+    assert server.requests[0].method == "GET" and server.requests[0].headers["range"] == "bytes=0-0"
+
+
+async def test_object_size_unknown_or_refused(client_for):
+    http = http_for(client_for, Server(httpx.Response(206, content=b"x", headers={"Content-Range": "bytes 0-0/*"})))
+    with pytest.raises(PlatformError, match="without telling the size"):
+        await http.object_size(SIGNED, what="f")
+    http = http_for(client_for, Server(status(404)))
+    with pytest.raises(NotFound):
+        await http.object_size(SIGNED, what="f")
+
+
+@pytest.mark.parametrize(
+    "code, headers, by_header, offset",
+    [
+        (206, {"Content-Range": "bytes 100-199/1000"}, True, 100),
+        (206, {}, True, 100),  # a 206 without Content-Range: the range asked for
+        (200, {"Content-Length": "1000"}, True, 0),  # the whole object
+        (200, {"Content-Length": "100"}, True, 100),  # exactly the range, without saying so
+        (200, {}, True, 0),  # ignored the Range header
+        (200, {}, False, 100),  # an API that takes the range as a parameter answers with it
+    ],
+)
+def test_where_a_body_starts(code, headers, by_header, offset):
+    from omicsfs.http import _body_offset
+
+    response = httpx.Response(code, headers=headers)
+    assert _body_offset(response, 100, 200, by_header=by_header) == offset
+    if by_header:
+        assert _body_offset(response, 100, 200) == offset  # the Range header is the default
+
+
+async def test_presigned_size_resolves_again_after_403(client_for):
+    def store(request: httpx.Request) -> httpx.Response:
+        if request.url.params["X-Signature"] == "sig1":
+            return status(403)
+        return httpx.Response(206, content=b"x", headers={"Content-Range": "bytes 0-0/4242"})
+
+    resolver = Resolver(lifetime=3600)
+    urls = PresignedURLs(http_for(client_for, Server(store)), resolver)
+    assert await urls.size("obj", what="f") == 4242
+    assert len(resolver.calls) == 2

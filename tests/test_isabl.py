@@ -177,7 +177,10 @@ def test_429_storm_is_ridden_out(mount, fresh_emulator):
     fresh_emulator.knobs(failures=[rate_limit_failure(retry_after=1, count=3)])
     root = mount(isabl(fresh_emulator)).path / "isabl"
     assert len(os.listdir(root / PROJECT / "individuals")) == 2
-    assert fresh_emulator.stats()["injected_failures"] == 3
+    stats = fresh_emulator.stats()
+    assert stats["injected_failures"] == 3
+    times = stats["injected_at"]  # Retry-After: 1, honoured
+    assert all(later - earlier >= 0.99 for earlier, later in zip(times, times[1:])), times
 
 
 def test_503_storm_in_the_middle_of_a_read_is_ridden_out(mount, fresh_emulator, installation):

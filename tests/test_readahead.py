@@ -167,3 +167,42 @@ async def test_read_at_and_past_the_end(tmp_path, nursery):
 async def test_large_reads_span_blocks(tmp_path, nursery, offset, length):
     reader, source, data = make_reader(tmp_path, nursery, 6 * BLOCK_SIZE + 17)
     assert await reader.read(offset, length) == data[offset : offset + length]
+
+
+# -- what the mutation run found unchecked ------------------------------------------------------
+
+
+async def test_the_second_sequential_read_reaches_one_seek_window_past_itself(tmp_path, nursery):
+    reader, source, data = make_reader(tmp_path, nursery, 16 * MiB)
+    await reader.read(0, READ)
+    await trio.testing.wait_all_tasks_blocked()
+    assert source.high_water == SEEK_WINDOW  # a first read: its blocks and a seek window
+    await reader.read(READ, READ)
+    await trio.testing.wait_all_tasks_blocked()
+    assert source.high_water == 2 * READ + SEEK_WINDOW
+
+
+def test_reading_on_after_a_far_seek_back_is_sequential_again():
+    readahead = ReadAhead(8 * MiB)
+    for n in range(160):  # 20 MiB read in order
+        readahead.advance(n * READ, READ)
+    assert readahead.advance(0, READ) == SEEK_WINDOW  # back to the start: a seek
+    assert readahead.sequential == 0
+    assert readahead.advance(READ, READ) == 2 * READ + SEEK_WINDOW  # and on from there: sequential
+    assert readahead.sequential == READ
+
+
+@pytest.mark.parametrize("offset", [0, 12345, 3 * BLOCK_SIZE + 99])
+async def test_a_one_byte_read(tmp_path, nursery, offset):
+    reader, source, data = make_reader(tmp_path, nursery, 3 * BLOCK_SIZE + 100)
+    assert await reader.read(offset, 1) == data[offset : offset + 1]
+
+
+def test_a_seek_back_by_more_than_a_little_is_a_seek():
+    """The slack that keeps the kernel's out-of-order readahead sequential reaches backward by
+    SLACK only: a reader going back to re-read a header is seen seeking, and fetched for there."""
+    readahead = ReadAhead(8 * MiB)
+    for n in range(64):  # 8 MiB read in order
+        readahead.advance(n * READ, READ)
+    assert readahead.advance(6 * MiB, READ) == 6 * MiB + SEEK_WINDOW  # 2 MiB back: a seek
+    assert readahead.sequential == 0

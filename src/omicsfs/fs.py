@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pyfuse3
+import trio
 
 from omicsfs.blockcache import BLOCK_SIZE, BlockCache, IntoSource, ObjectRef
 from omicsfs.errors import PlatformError
@@ -127,14 +128,21 @@ def _guarded(name: str, operation):
         except pyfuse3.FUSEError:
             raise
         except PlatformError as exc:
-            log.error("%s: %s failed: %s", self._describe(name, args), name, exc)
+            log.error("%s: %s failed: %s", self._describe(name, args), _operation(name, args), exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception as exc:
-            log.error("%s: %s failed: %s: %s", self._describe(name, args), name, type(exc).__name__, exc,
+            log.error("%s: %s failed: %s: %s", self._describe(name, args), _operation(name, args), type(exc).__name__, exc,
                       exc_info=log.isEnabledFor(logging.DEBUG))
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return guarded
+
+
+def _operation(name: str, args: tuple) -> str:
+    """An operation as a log line says it: a read with its size and offset, else its name."""
+    if name == "read" and len(args) >= 3:
+        return f"read of {args[2]} bytes at {args[1]}"
+    return name
 
 
 def guard_operations(cls):
@@ -208,11 +216,11 @@ class Filesystem(pyfuse3.Operations):
     def _child(self, parent: Node, name: str, entry: Entry, upload: Upload | None = None) -> Node:
         """The node of a directory's entry, made when the kernel is first told of it."""
         platform = self._platform_of(parent, name)
-        identity = (platform.name, entry.key, entry.version)
+        identity = (platform.name, entry.key)
         inode = self._inodes_by_identity.get(identity)
         if inode is not None:
             node = self.nodes[inode]
-            node.entry = entry
+            self._update(node, entry)
             node.upload = upload or node.upload
             return node
         inode = next(self._next_inode)
@@ -223,6 +231,27 @@ class Filesystem(pyfuse3.Operations):
         self._inodes_by_identity[identity] = inode
         self.nodes[inode] = node
         return node
+
+    def _update(self, node: Node, entry: Entry) -> None:
+        """A node the kernel knows, as the platform describes it now. A file whose content changed
+        (another version) keeps its inode: its cached blocks are another object, the kernel is
+        told to drop the pages and attributes it holds, and descriptors opened before read the
+        new bytes."""
+        changed = entry.version != node.entry.version and not entry.is_dir and not node.staged
+        node.entry = entry
+        if changed:
+            if entry.content is None:
+                node.obj = ObjectRef.for_file(node.platform.name, entry.uid or repr(entry.key), entry.version, entry.size)
+            log.info("%s: changed on the platform; its cached pages are dropped", node.path)
+            self.cache.nursery.start_soon(self._invalidate, node.inode)
+
+    @staticmethod
+    async def _invalidate(inode: int) -> None:
+        # In a thread: the kernel may wait for requests on the inode that this loop must answer.
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode)
+        except OSError as exc:  # forgotten meanwhile (ENOENT): nothing is cached
+            log.debug("invalidating inode %d: %s", inode, exc)
 
     def _told(self, node: Node) -> pyfuse3.EntryAttributes:
         """The attributes of a node the kernel is being told of (and will forget in time)."""
@@ -249,14 +278,14 @@ class Filesystem(pyfuse3.Operations):
                 entries = await platform.list_dir(entry)
                 log.debug("%s: listed %d entries in %.3f s", node.path, len(entries), time.monotonic() - started)
             named = unique_names(entries, lambda e: e.name, lambda e: e.uid, reserved=META_FILES)
-            return dict(named + [(meta.name, meta) for meta in _meta_entries(entry)])
+            children = dict(named + [(meta.name, meta) for meta in _meta_entries(entry)])
+            for child in children.values():  # nodes the kernel knows see the new answer
+                inode = self._inodes_by_identity.get((platform.name, child.key))
+                if inode is not None:
+                    self._update(self.nodes[inode], child)
+            return children
 
-        children = await self.listings.get(self._place(node), fetch)
-        for name, child in children.items():  # nodes the kernel knows see the latest answer
-            inode = self._inodes_by_identity.get((platform.name, child.key, child.version))
-            if inode is not None:
-                self.nodes[inode].entry = child
-        return children
+        return await self.listings.get(self._place(node), fetch)
 
     def _extras(self, node: Node) -> dict[str, Entry | Upload]:
         """What this mount adds to a directory's listing: entries it created, uploads it remembers,
@@ -386,11 +415,15 @@ class Filesystem(pyfuse3.Operations):
         assert isinstance(handle, FileHandle)
         if handle.upload is not None and handle.upload.staged is not None:
             return handle.upload.staged.read(off, size)
-        if handle.reader is None:
-            if handle.node.entry.content is None:  # an upload confirmed while open: read it from the platform
-                handle.reader = self._reader(handle.node)
-            else:
-                return handle.node.entry.content[off : off + size]
+        node = handle.node
+        if node.entry.content is not None:
+            return node.entry.content[off : off + size]
+        if handle.reader is None or handle.reader.obj != node.obj:
+            # Opened before the file changed on the platform (or an upload was confirmed while
+            # open): read what the platform holds now.
+            if handle.reader is not None:
+                handle.reader.close()
+            handle.reader = self._reader(node)
         return await handle.reader.read(off, size)
 
     async def _prepare(self, node: Node) -> None:
@@ -741,12 +774,12 @@ class Filesystem(pyfuse3.Operations):
         """The platform confirmed a file: it shows as the platform's, under the same inode."""
         entry, record = upload.entry, upload.record
         self.listings.add_created(upload.place, record.name, entry)
-        staged_identity = (record.platform, ("staged", record.id), record.id)
+        staged_identity = (record.platform, ("staged", record.id))
         inode = self._inodes_by_identity.pop(staged_identity, None)
         node = self.nodes.get(inode) if inode is not None else None
         if node is None:
             return
-        identity = (record.platform, entry.key, entry.version)
+        identity = (record.platform, entry.key)
         node.entry, node.identity = entry, identity
         node.obj = ObjectRef.for_file(record.platform, entry.uid or repr(entry.key), entry.version, entry.size)
         self._inodes_by_identity[identity] = node.inode

@@ -45,8 +45,10 @@ class ReadAhead:
     def advance(self, offset: int, size: int) -> int:
         """Note a read of [offset, offset + size); the offset up to which bytes should be on their way."""
         end = offset + size
-        slack = max(SLACK, min(self.max_window, self.sequential))
-        sequential = self.next_offset >= 0 and self.next_offset - slack <= offset <= self.next_offset + slack
+        # Forward, as far as the window (reads the kernel sent together); backward, a little only:
+        # a seek back by more is a seek.
+        ahead = max(SLACK, min(self.max_window, self.sequential))
+        sequential = self.next_offset >= 0 and self.next_offset - SLACK <= offset <= self.next_offset + ahead
         if not sequential:
             self.sequential = 0
             self.next_offset = end

@@ -3,10 +3,12 @@
 One server (`omicsfs emulator`) serves every platform under its own prefix (`/basespace/...`),
 an S3-like object store (`/store/...`) that hands out HMAC-signed, expiring URLs and serves
 `Range`, and a control API (`/_emulator/...`) through which tests and benchmarks turn the quirks
-up (page caps, URL lifetime, injected failures) and read what the server saw.
+up (page caps, URL lifetime, injected failures, cut bodies) and read what the server saw, and
+through which a platform's emulator may let tests change its data (`/_emulator/<kind>/...`, from
+the module's `control_routes(world)`); `POST /_emulator/reset` puts all of it back.
 
 A platform's emulator is the module `omicsfs.emulator.<kind>`, exporting `PREFIX` and
-`routes(world)`; it is found by name, as platform modules are.
+`routes(world)` (and optionally `control_routes(world)`); it is found by name, as platform modules are.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ import importlib
 import os
 import pkgutil
 import re
+import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
+
+import anyio
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,6 +46,8 @@ class Knobs:
 
     #: The most items any list page holds, whatever `Limit` asked (real servers cap pages too).
     page_cap: int = 250
+    #: Lists served in the reverse of the order asked for (BaseSpace): names must not depend on it.
+    reverse_lists: bool = False
     #: Seconds a presigned URL stays valid.
     url_lifetime: float = 600.0
     #: Seconds the expiry a platform states lies beyond the real one (clocks differ): clients must
@@ -66,6 +75,14 @@ class Knobs:
     #: Where presigned URLs point: `<store_url>/<object id>?X-Expires=...`; None: this server's own
     #: `/store`. bench/ points it at another server holding the same objects (`GET /_emulator/objects`).
     store_url: str | None = None
+    #: Bodies to cut: the next `count` responses whose path starts with `prefix` stop after
+    #: `after_bytes` bytes of body (or `fraction` of it) and the connection is dropped, as a
+    #: connection reset in the middle of a download does. A body no longer than that is sent whole,
+    #: and does not use the count up.
+    cuts: list[dict] = field(default_factory=list)
+    #: Seconds the object store (and every endpoint serving file bytes) waits before it sends a body:
+    #: lets tests see how many requests overlap.
+    store_delay: float = 0.0
 
 
 @dataclass
@@ -85,9 +102,17 @@ class Stats:
     part_requests: int = 0
     parts_received: int = 0
     upload_bytes: int = 0
-    store_ranges: list[str] = field(default_factory=list)
     #: What each device-flow token poll was answered: authorization_pending, slow_down, access_token...
     token_polls: list[str] = field(default_factory=list)
+    #: When each injected failure was answered (the server's monotonic clock): the gaps between
+    #: them are the waits the client chose.
+    injected_at: list[float] = field(default_factory=list)
+    cut_bodies: int = 0
+    store_ranges: list[str] = field(default_factory=list)
+    #: The most store requests in progress at once.
+    store_concurrency: int = 0
+    #: Requests other than GET and HEAD (a read-only client sends none).
+    write_requests: int = 0
 
 
 class World:
@@ -107,11 +132,32 @@ class World:
         self.objects: dict[str, Path] = {}
         #: Unfinished multipart uploads (`multipart.PartStore`), set when the app is built.
         self.parts = None
+        #: Each platform emulator's own state (by kind), shared by its routes and control routes.
+        self.platforms: dict[str, object] = {}
+        #: Bytes that tests write through the control API: never in `data_dir`, which later
+        #: sessions reuse, and gone with the process.
+        self.scratch_dir = Path(tempfile.mkdtemp(prefix="omicsfs-emulator-"))
+        #: Undoes a change a test made through a platform's control routes; run by `reset`.
+        self._undo: list[Callable[[], None]] = []
+        self._store_in_flight = 0
 
     @property
     def token(self) -> str:
         """The token every platform accepts now."""
         return self.knobs.token or self.initial_token
+
+    def on_reset(self, undo: Callable[[], None]) -> None:
+        self._undo.append(undo)
+
+    def reset(self) -> None:
+        """Default knobs, zeroed stats, and every platform's data as generated."""
+        while self._undo:
+            self._undo.pop()()
+        self.knobs = Knobs()
+        self.stats = Stats()
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
     # -- presigned URLs --------------------------------------------------------------------
 
@@ -141,12 +187,24 @@ class World:
     # -- injected failures -------------------------------------------------------------------
 
     def injected_failure(self, path: str) -> dict | None:
-        for failure in self.knobs.failures:
-            if path.startswith(failure.get("prefix", "/")) and failure.get("count", 0) > 0:
-                failure["count"] -= 1
-                self.stats.injected_failures += 1
-                return failure
-        return None
+        failure = _take(self.knobs.failures, path)
+        if failure is not None:
+            self.stats.injected_failures += 1
+            self.stats.injected_at.append(time.monotonic())
+        return failure
+
+    def body_cut(self, path: str) -> dict | None:
+        """The cut that applies to a response to `path`, if any (used up once a body is cut)."""
+        return next((cut for cut in self.knobs.cuts if path.startswith(cut.get("prefix", "/")) and cut.get("count", 0) > 0), None)
+
+
+def _take(rules: list[dict], path: str) -> dict | None:
+    """The first rule for `path` with a `count` left, which it uses up by one."""
+    for rule in rules:
+        if path.startswith(rule.get("prefix", "/")) and rule.get("count", 0) > 0:
+            rule["count"] -= 1
+            return rule
+    return None
 
 
 async def form_fields(request: Request) -> dict[str, str]:
@@ -216,16 +274,23 @@ def file_response(world: World, path: Path, start: int, length: int, status: int
     """`length` bytes of `path` from `start`, streamed and counted in `world.stats.store_bytes`."""
 
     async def body():
-        with open(path, "rb") as file:
-            file.seek(start)
-            remaining = length
-            while remaining:
-                chunk = file.read(min(remaining, 1 << 20))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                world.stats.store_bytes += len(chunk)
-                yield chunk
+        world._store_in_flight += 1
+        world.stats.store_concurrency = max(world.stats.store_concurrency, world._store_in_flight)
+        try:
+            if world.knobs.store_delay:
+                await anyio.sleep(world.knobs.store_delay)
+            with open(path, "rb") as file:
+                file.seek(start)
+                remaining = length
+                while remaining:
+                    chunk = file.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+                    world.stats.store_bytes += len(chunk)
+                    yield chunk
+        finally:
+            world._store_in_flight -= 1
 
     return StreamingResponse(body(), status_code=status, headers=headers, media_type="application/octet-stream")
 
@@ -245,6 +310,9 @@ async def reset_stats(request: Request) -> Response:
 async def objects(request: Request) -> Response:
     """Every object the store holds, id -> file: so that another server can serve the same bytes."""
     return JSONResponse({object_id: str(path) for object_id, path in request.app.state.world.objects.items()})
+async def reset(request: Request) -> Response:
+    request.app.state.world.reset()
+    return JSONResponse({})
 
 
 async def knobs(request: Request) -> Response:
@@ -269,26 +337,61 @@ def platform_modules() -> list:
     return [importlib.import_module(f"{__name__}.{name}") for name in names]
 
 
-class _InjectFailures:
-    """ASGI middleware: answers injected failures (429 storms, 5xx) before any route runs."""
+class BodyCut(Exception):
+    """Raised to drop a connection in the middle of a body (the server then closes it)."""
+
+
+class _Quirks:
+    """ASGI middleware: counts write requests, answers injected failures (429 storms, 5xx) before
+    any route runs, and cuts the bodies the knobs say to cut."""
 
     def __init__(self, app, world: World):
         self.app = app
         self.world = world
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and not scope["path"].startswith("/_emulator"):
-            if any(scope["path"].startswith(prefix) for prefix in self.world.knobs.absent_prefixes):
-                await JSONResponse({"detail": "Not found."}, status_code=404)(scope, receive, send)
-                return
-            failure = self.world.injected_failure(scope["path"])
-            if failure is not None:
-                status = int(failure.get("status", 500))
-                headers = {str(k): str(v) for k, v in failure.get("headers", {}).items()}
-                response = JSONResponse(failure.get("body", {"message": f"injected {status}"}), status_code=status, headers=headers)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"].startswith("/_emulator"):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            self.world.stats.write_requests += 1
+        if any(scope["path"].startswith(prefix) for prefix in self.world.knobs.absent_prefixes):
+            await JSONResponse({"detail": "Not found."}, status_code=404)(scope, receive, send)
+            return
+        failure = self.world.injected_failure(scope["path"])
+        if failure is not None:
+            status = int(failure.get("status", 500))
+            headers = {str(k): str(v) for k, v in failure.get("headers", {}).items()}
+            response = JSONResponse(failure.get("body", {"message": f"injected {status}"}), status_code=status, headers=headers)
+            await response(scope, receive, send)
+            return
+        cut = self.world.body_cut(scope["path"])
+        await self.app(scope, receive, send if cut is None else self._cutting(send, cut))
+
+    def _cutting(self, send, cut: dict):
+        """`send`, ending the connection once the body passes the cut; a body no longer than the
+        cut is sent whole, and leaves the cut's count for the next one."""
+        limit = -1
+        sent = 0
+
+        async def cutting_send(message):
+            nonlocal limit, sent
+            if message["type"] == "http.response.start":
+                length = int(dict(message.get("headers", [])).get(b"content-length", b"0"))
+                wanted = cut["after_bytes"] if "after_bytes" in cut else int(length * float(cut.get("fraction", 0.5)))
+                if wanted < length and cut.get("count", 0) > 0:
+                    cut["count"] -= 1
+                    limit = wanted
+            if message["type"] == "http.response.body" and limit >= 0:
+                body = message.get("body", b"")
+                if sent + len(body) > limit:
+                    await send({"type": "http.response.body", "body": body[: limit - sent], "more_body": True})
+                    self.world.stats.cut_bodies += 1
+                    raise BodyCut(f"body cut after {limit} bytes")
+                sent += len(body)
+            await send(message)
+
+        return cutting_send
 
 
 def build_app(world: World) -> Starlette:
@@ -302,12 +405,15 @@ def build_app(world: World) -> Starlette:
         Route("/_emulator/stats/reset", reset_stats, methods=["POST"]),
         Route("/_emulator/knobs", knobs, methods=["GET", "POST"]),
         Route("/_emulator/objects", objects),
+        Route("/_emulator/reset", reset, methods=["POST"]),
     ]
     for module in platform_modules():
         routes.append(Mount(module.PREFIX, routes=module.routes(world)))
+        if hasattr(module, "control_routes"):
+            routes.append(Mount(f"/_emulator{module.PREFIX}", routes=module.control_routes(world)))
     app = Starlette(routes=routes)
     app.state.world = world
-    app.add_middleware(_InjectFailures, world=world)
+    app.add_middleware(_Quirks, world=world)
     return app
 
 

@@ -13,6 +13,10 @@
   `?redirect=meta` a JSON `HrefContent` / `Expires`.
 - 429s (injected through the knobs) carry `X-RateLimit-*` and `X-Retry-After`.
 
+Control routes (`/_emulator/basespace/...`, not BaseSpace's): tests add a file to a sample, app
+result or run, and change a file's bytes (with a new size and date, under the same id), to see
+new and changed data appear through a mount. `POST /_emulator/reset` undoes both.
+
 V2 (seed 001), where the emulator derives the V2 view from the V1 account as BaseSpace does
 (a dataset per sample and per app result, `V1pre3Id` naming it; a biosample per sample name):
 - `{"Items", "Paging"}` envelopes with lower-case `offset`/`limit` (default 10, at most 1000 here),
@@ -60,17 +64,18 @@ Writing back (seed 002, "写回", and its multipart upload section), with the ru
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import email.utils
 import hashlib
 import html
-import math
-import secrets
-import time
-from dataclasses import dataclass
 import itertools
 import json
+import math
 import os
+import secrets
 import shutil
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -182,7 +187,7 @@ def _written_directory(data_dir: Path) -> Path:
 
 
 def routes(world: World) -> list[Route]:
-    account = Account(world)
+    account = world.platforms["basespace"] = Account(world)
 
     def authorized(request: Request) -> bool:
         world.stats.api_requests += 1
@@ -208,7 +213,8 @@ def routes(world: World) -> list[Route]:
             return envelope({}, 400, f"Limit must be within 0-{max_limit}")
         sort_by = query.get("SortBy", "Id")
         descending = query.get("SortDir", "Asc").lower() == "desc"
-        ordered = sorted(items, key=lambda item: _sort_key(item.get(sort_by, item.get("Id"))), reverse=descending)
+        reverse = descending != world.knobs.reverse_lists
+        ordered = sorted(items, key=lambda item: _sort_key(item.get(sort_by, item.get("Id"))), reverse=reverse)
         shown = ordered[offset : offset + min(limit, world.knobs.page_cap)]
         return envelope(
             {
@@ -433,6 +439,7 @@ def routes(world: World) -> list[Route]:
             return v2_error(400, "BASESPACE.COMMON.INVALID_PARAMETER", "offset and limit must be integers")
         if not 0 <= limit <= 1000 or offset < 0:
             return v2_error(400, "BASESPACE.COMMON.INVALID_PARAMETER", "limit must be within 0-1000")
+        items = items[::-1] if world.knobs.reverse_lists else items
         shown = items[offset : offset + min(limit, world.knobs.page_cap)]
         paging = {"DisplayedCount": len(shown), "TotalCount": len(items), "Offset": offset, "Limit": limit,
                   "SortDir": "Asc", "SortBy": query.get("sortby", "Id")}
@@ -1003,3 +1010,84 @@ def _sort_key(value) -> tuple:
     """Numeric ids sort as numbers, as BaseSpace's do."""
     text = str(value)
     return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+# -- control routes: data that changes under a mount -------------------------------------------
+
+
+def control_routes(world: World) -> list[Route]:
+    """`POST files` adds a file (or a list of them), `PUT files/{id}` gives a file new bytes; both undone by a reset.
+
+    The body names the bytes as `content` (text) or `content_base64`, and may give the file's
+    `date` (BaseSpace's spelling; now by default). Adding also takes `parent` (`samples/<id>`,
+    `appresults/<id>` or `runs/<id>`), `path` (the file's `Path`) and, optionally, its `id`.
+    """
+    account: Account = world.platforms["basespace"]  # type: ignore[assignment]
+    containers = {"samples": account.samples, "appresults": account.appresults, "runs": account.runs}
+    versions = itertools.count()
+
+    def write(file_id: str, body: dict) -> tuple[int, str]:
+        data = base64.b64decode(body["content_base64"]) if "content_base64" in body else str(body["content"]).encode()
+        path = world.scratch_dir / "basespace" / f"{file_id}.{next(versions)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        world.objects[file_id] = path
+        return len(data), hashlib.md5(data).hexdigest()
+
+    async def add_files(request: Request) -> Response:
+        """One file (a JSON object), or many (a list of them) in one call."""
+        body = await request.json()
+        answers = [add_file(each) for each in (body if isinstance(body, list) else [body])]
+        failed = next((answer for answer in answers if answer.status_code != 200), None)
+        if failed is not None or not isinstance(body, list):
+            return failed or answers[0]
+        return JSONResponse([json.loads(answer.body) for answer in answers])
+
+    def add_file(body: dict) -> Response:
+        kind, _, parent_id = str(body["parent"]).partition("/")
+        parent = containers.get(kind, {}).get(parent_id)
+        if parent is None:
+            return JSONResponse({"error": f"no {body['parent']}"}, status_code=404)
+        file_id = str(body.get("id") or max(int(i) for i in account.files) + 1)
+        if file_id in account.files:
+            return JSONResponse({"error": f"file {file_id} exists"}, status_code=409)
+        path = str(body["path"])
+        size, md5 = write(file_id, body)
+        item = {"Id": file_id, "Name": path.rsplit("/", 1)[-1], "Path": path, "Size": size,
+                "ContentType": "application/octet-stream", "DateCreated": body.get("date") or _now(), "Md5": md5}
+        parent["files"].append(item)
+        account.files[file_id] = item
+
+        def undo() -> None:
+            parent["files"].remove(item)
+            del account.files[file_id]
+            world.objects.pop(file_id, None)
+
+        world.on_reset(undo)
+        return JSONResponse(item)
+
+    async def change_file(request: Request) -> Response:
+        file_id = request.path_params["fid"]
+        item = account.files.get(file_id)
+        if item is None:
+            return JSONResponse({"error": f"no file {file_id}"}, status_code=404)
+        body = await request.json()
+        before, object_before = dict(item), world.objects.get(file_id)
+        item["Size"], item["Md5"] = write(file_id, body)
+        item["DateCreated"] = body.get("date") or _now()
+
+        def undo() -> None:
+            item.clear()
+            item.update(before)
+            world.objects[file_id] = object_before
+
+        world.on_reset(undo)
+        return JSONResponse(item)
+
+    return [Route("/files", add_files, methods=["POST"]), Route("/files/{fid}", change_file, methods=["PUT"])]
+
+
+def _now() -> str:
+    """Now, as BaseSpace writes dates: 7 fractional digits, no zone (UTC)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return f"{now:%Y-%m-%dT%H:%M:%S}.{now.microsecond:06d}0"

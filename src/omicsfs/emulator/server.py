@@ -15,9 +15,19 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from omicsfs.emulator import DEFAULT_TOKEN, World, build_app, default_data_dir
+from omicsfs.emulator import DEFAULT_TOKEN, BodyCut, World, build_app, default_data_dir
 
 log = logging.getLogger(__name__)
+
+
+class _QuietCuts(logging.Filter):
+    """Drops uvicorn's report of a body the emulator cut on purpose (`knobs.cuts`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        return not isinstance(error, BodyCut)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,7 +42,12 @@ def serve(port: int, data_dir: Path | None = None, token: str = DEFAULT_TOKEN, l
     world = World(data_dir or default_data_dir(), token, large_file_size, deep_bam_size, wide_directory_files)
     app = build_app(world)
     print(f"omicsfs emulator listening on http://{host}:{port} (token: {token}); data in {world.data_dir}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    logging.getLogger("uvicorn.error").addFilter(_QuietCuts())  # after the Config set up logging
+    try:
+        server.run()
+    finally:
+        world.close()
 
 
 class EmulatorProcess:
@@ -73,6 +88,14 @@ class EmulatorProcess:
 
     def reset_stats(self) -> None:
         httpx.post(f"{self.url}/_emulator/stats/reset", timeout=10).raise_for_status()
+
+    def reset(self) -> None:
+        """Default knobs, zeroed stats, and the data as generated (what tests changed, undone)."""
+        httpx.post(f"{self.url}/_emulator/reset", timeout=10).raise_for_status()
+
+    def control(self, method: str, path: str, body: dict | list | None = None) -> dict | list:
+        """A call to a platform's control routes, e.g. `control("POST", "basespace/files", {...})`."""
+        return httpx.request(method, f"{self.url}/_emulator/{path}", json=body, timeout=10).raise_for_status().json()
 
     def stop(self) -> None:
         self.process.terminate()
