@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import trio
+import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -95,7 +95,7 @@ class PartStore:
             await _drain(request)
             return _s3_error(int(fault.get("status", 500)), "InternalError", f"injected failure of part {number}")
         if fault and fault["fault"] == "slow":
-            await trio.sleep(float(fault.get("seconds", 2)))
+            await anyio.sleep(float(fault.get("seconds", 2)))  # uvicorn runs asyncio
         digest = hashlib.md5()
         partial = upload.directory / f"{number}.{next(self._ids)}.partial"
         size = 0
