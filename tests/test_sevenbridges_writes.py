@@ -333,6 +333,22 @@ async def test_the_service_refuses_what_sbg_refuses(platform, server):
     assert stored(server, entry) == content
 
 
+async def test_the_store_takes_a_parts_length_up_front(platform, server):
+    folder = await scratch(platform)
+    handle = await platform.begin_upload(folder, "chunked.bin", 3, None)
+    async with new_client() as client:
+        answer = await client.get(f"{server.url}/sevenbridges/v2/upload/multipart/{handle['upload_id']}/part/1",
+                                  headers={"X-SBG-Auth-Token": server.token})
+        url = answer.raise_for_status().json()["url"]
+
+        async def chunks():
+            yield b"abc"
+
+        refused = await client.put(url, content=chunks())  # no length: Transfer-Encoding: chunked
+    assert refused.status_code == 501 and b"NotImplemented" in refused.content
+    assert server.stats()["parts_received"] == 0
+
+
 async def test_parts_below_s3s_minimum_are_refused_but_the_last(platform, server, monkeypatch):
     monkeypatch.setattr(sevenbridges, "RECOMMENDED_PART", 5 * MiB)
     folder = await scratch(platform)
