@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import json
 import random
 import uuid
 from pathlib import Path
@@ -230,6 +231,28 @@ async def test_complete_repeated_after_its_answer_was_lost(platform, server):
     again = await platform.complete_upload(handle, parts, 5)
     assert again.uid == entry.uid and again.size == 5
     assert server.stats()["uploads_completed"] == 1
+
+
+async def test_an_upload_resumes_from_its_handle_after_a_restart(platform, server, monkeypatch):
+    monkeypatch.setattr(sevenbridges, "RECOMMENDED_PART", 5 * MiB)
+    folder = await scratch(platform)
+    content = data(11 * MiB, seed=6)
+    handle = await platform.begin_upload(folder, "resumed.bam", len(content), None)
+    first = await platform.upload_part(handle, 1, body_of(content[: 5 * MiB]))
+    saved = json.dumps(handle)  # what the journal keeps; the daemon dies here
+    parent_key = json.loads(json.dumps(folder.key))
+
+    async with new_client() as client:
+        settings = {"kind": "sevenbridges", "url": f"{server.url}/sevenbridges", "token": server.token}
+        restarted = sevenbridges.PLATFORM("sevenbridges", settings, Http(client, RETRY))
+        handle = json.loads(saved)
+        second = await restarted.upload_part(handle, 2, body_of(content[5 * MiB : 10 * MiB]))
+        third = await restarted.upload_part(handle, 3, body_of(content[10 * MiB :]))
+        entry = await restarted.complete_upload(handle, [(1, first), (2, second), (3, third)], len(content))
+        # The journal's parent, rebuilt from its key alone, lists the file.
+        listed = await child(restarted, Entry(folder.name, True, tuple(parent_key)), "resumed.bam")
+    assert listed.uid == entry.uid and stored(server, entry) == content
+    assert server.stats()["parts_received"] == 3
 
 
 async def test_abort_drops_the_upload(platform, server):
