@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import trio
@@ -86,6 +87,8 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         config.memory_cache_size = parse_size(args.memory_cache_size)
     if args.metadata_ttl is not None:
         config.metadata_ttl = args.metadata_ttl
+    if args.write_back:
+        config.write_back = args.write_back
     return config
 
 
@@ -120,7 +123,7 @@ def _mount_background(args: argparse.Namespace, mountpoint: Path, log_file: Path
     read_end, write_end = os.pipe()
     command = [sys.executable, "-m", "omicsfs", "mount", str(mountpoint), "--foreground", "--ready-fd", str(write_end),
                "--log-file", str(log_file)]
-    for option in ("config", "cache_dir", "cache_size", "memory_cache_size", "metadata_ttl"):
+    for option in ("config", "cache_dir", "cache_size", "memory_cache_size", "metadata_ttl", "write_back"):
         value = getattr(args, option)
         if value is not None:
             command += [f"--{option.replace('_', '-')}", str(value)]
@@ -159,17 +162,52 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:
-    from omicsfs.mount import is_mounted, unmount
+    from omicsfs.mount import daemon_pid, is_mounted, unmount
 
     mountpoint = Path(args.mountpoint).absolute()
     if not is_mounted(mountpoint):
         print(f"omicsfs: {mountpoint} is not mounted", file=sys.stderr)
         return 1
+    pid = daemon_pid(mountpoint)
     try:
         unmount(mountpoint, lazy=args.lazy)
     except OmicsfsError as exc:
         print(f"omicsfs: {exc}", file=sys.stderr)
         return 1
+    if pid is not None and not args.lazy:
+        _wait_for_exit(pid)  # uploads under way land first (write_back = "async")
+    return 0
+
+
+def _wait_for_exit(pid: int) -> None:
+    told = False
+    started = time.monotonic()
+    while Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X"):
+        if not told and time.monotonic() - started > 1:
+            print(f"omicsfs: waiting for the daemon (pid {pid}) to finish its uploads...", file=sys.stderr)
+            told = True
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    """`omicsfs complete PATH`: a platform's explicit act on an entry, done by the running daemon."""
+    from omicsfs.service.control import find_mount, request
+
+    path = Path(args.path).absolute()
+    try:
+        mountpoint = find_mount(path)
+        answer = request(mountpoint, "perform", action=args.action, path=str(path.relative_to(mountpoint)))
+    except OmicsfsError as exc:
+        print(f"omicsfs: {exc}", file=sys.stderr)
+        return 1
+    print(answer["message"])
     return 0
 
 
@@ -275,6 +313,8 @@ def parser() -> argparse.ArgumentParser:
     mount.add_argument("--cache-size", help="on-disk block cache size, e.g. 10G (default 10G)")
     mount.add_argument("--memory-cache-size", help="in-memory block cache size, e.g. 256M (default 256M)")
     mount.add_argument("--metadata-ttl", type=float, help="seconds listings and attributes are cached (default 60)")
+    mount.add_argument("--write-back", choices=("sync", "async"),
+                       help="sync (default): close() returns once the platform confirmed the upload; async: at once")
     mount.add_argument("--debug", action="store_true", help="log every operation")
     mount.add_argument("--log-file", help="log file (default: stderr in the foreground, else ~/.local/state/omicsfs/omicsfs.log)")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -284,6 +324,10 @@ def parser() -> argparse.ArgumentParser:
     unmount.add_argument("mountpoint")
     unmount.add_argument("--lazy", "-z", action="store_true", help="detach now, clean up when no longer busy")
     unmount.set_defaults(run=cmd_unmount)
+
+    complete = commands.add_parser("complete", help="mark a BaseSpace app result's session complete (an explicit act)")
+    complete.add_argument("path", help="the app result's directory in a mount")
+    complete.set_defaults(run=cmd_action, action="complete")
 
     demo = commands.add_parser("demo", help="mount the built-in emulator's sample data")
     demo.add_argument("mountpoint")

@@ -13,6 +13,7 @@ memory = "256M"
 
 [mount]
 metadata_ttl = 60                # seconds
+write_back = "sync"              # close() waits for the upload; "async": it goes on in the background
 ```
 
 Every error names the file, the table and the key. See docs/CONFIGURATION.md.
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_SIZE = 10 * 1024**3
 DEFAULT_MEMORY_CACHE_SIZE = 256 * 1024**2
 DEFAULT_METADATA_TTL = 60.0
+#: When `close()` returns for a written file: once the platform confirmed it ("sync"), or at once,
+#: the upload going on in the background ("async", rclone's mode).
+WRITE_BACK_MODES = ("sync", "async")
 TOKEN_KEYS = ("token", "token_file", "token_env")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
@@ -78,6 +82,7 @@ class Config:
     cache_size: int = DEFAULT_CACHE_SIZE
     memory_cache_size: int = DEFAULT_MEMORY_CACHE_SIZE
     metadata_ttl: float = DEFAULT_METADATA_TTL
+    write_back: str = "sync"
     source: str = "<defaults>"
 
     def secrets(self) -> list[str]:
@@ -117,7 +122,7 @@ def parse(data: dict, source: str) -> Config:
     config = Config(platforms, source=source)
     cache = _table(source, data, "cache")
     mount = _table(source, data, "mount")
-    for table_name, table, allowed in (("cache", cache, {"dir", "size", "memory"}), ("mount", mount, {"metadata_ttl"})):
+    for table_name, table, allowed in (("cache", cache, {"dir", "size", "memory"}), ("mount", mount, {"metadata_ttl", "write_back"})):
         for key in set(table) - allowed:
             raise ConfigError(f"{source}: [{table_name}] has an unknown key {key!r}")
     if "dir" in cache:
@@ -135,6 +140,11 @@ def parse(data: dict, source: str) -> Config:
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 <= ttl < math.inf:
             raise ConfigError(f"{source}: [mount] metadata_ttl must be a number of seconds, not {ttl!r}")
         config.metadata_ttl = float(ttl)
+    if "write_back" in mount:
+        if mount["write_back"] not in WRITE_BACK_MODES:
+            raise ConfigError(f"{source}: [mount] write_back must be one of {', '.join(map(repr, WRITE_BACK_MODES))}, "
+                              f"not {mount['write_back']!r}")
+        config.write_back = mount["write_back"]
     return config
 
 

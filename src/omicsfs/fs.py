@@ -1,12 +1,15 @@
-"""The FUSE file system: inodes over platform entries, listings cached for the metadata TTL.
+"""The FUSE file system: inodes over platform entries, listings, reads, and writes that become uploads.
 
 Nothing here knows a platform: it sees `Entry` values and calls the `Platform` interface. The
-mount is read-only for now; the inode table keys nodes by (platform, key, version) so that a file
-whose content changed gets a new inode, and thereby a fresh page cache.
+inode table keys nodes by (platform, key, version), so that a file whose content changed gets a
+new inode, and thereby a fresh page cache. Listings live in `listings.py`, apart from the nodes:
+a node is made when the kernel learns of it (`lookup`, `readdir`) and dropped when the kernel
+forgets it, so the daemon holds what the kernel's own caches hold, however large the tree a `find`
+walked, and a forgotten node costs no listing while that is fresh.
 
-A listing holds entries, not nodes: a node is made when the kernel learns of it (`lookup`,
-`readdir`) and dropped when the kernel forgets it, so the daemon holds what the kernel's own
-caches hold, however large the tree a `find` walked.
+Writes go to staging files and become uploads (`uploads.py`); what an entry `allows` decides what
+may be written, deleted or renamed, and anything else is refused at once with EROFS (a place where
+nothing can be written) or EPERM (a place that takes other writes), with a log line that says why.
 """
 
 from __future__ import annotations
@@ -15,26 +18,33 @@ import errno
 import functools
 import itertools
 import logging
-import math
 import os
 import stat
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pyfuse3
-import trio
 
 from omicsfs.blockcache import BLOCK_SIZE, BlockCache, ObjectRef
 from omicsfs.errors import PlatformError
-from omicsfs.naming import encodable, unique_names
+from omicsfs.listings import Listings, Place
+from omicsfs.naming import encodable, safe_name, unique_names
 from omicsfs.platform import Entry, Platform, json_content
 from omicsfs.reader import FileReader
+from omicsfs.uploads import Upload, Uploads
 
 log = logging.getLogger(__name__)
 
 #: Hidden files in every entity directory: the platform's answer for it, and its id.
 META_FILES = (".json", ".id")
 XATTR_PREFIX = "user.omicsfs."
+#: What makes a directory a place that takes writes (else writes there are EROFS).
+WRITABLE = frozenset({"create", "mkdir"})
+#: How long the kernel may trust a file being written (its size changes): short.
+STAGED_TTL = 1.0
+#: After a refused or failed delete, deletes are refused this long: `rm -rf` cannot sweep an account.
+DELETE_PAUSE = 5.0
 
 
 @dataclass(eq=False)
@@ -44,24 +54,33 @@ class Node:
     platform: Platform | None  # None for the mount's root
     path: str  # relative to the mount point, for log lines
     identity: tuple = ()
-    #: A directory's listing: name → entry, as of `listed_at`.
-    children: dict[str, Entry] | None = None
-    listed_at: float = -math.inf
+    #: The directory this node was found in: where a file that replaces this one is uploaded.
+    parent: Entry | None = None
+    parent_path: str = ""
     obj: ObjectRef | None = None
     #: How many times the kernel was told of this inode and has not forgotten it.
     lookups: int = 0
+    #: The file is being written or uploaded: its bytes are in a staging file.
+    upload: Upload | None = None
+
+    @property
+    def staged(self) -> bool:
+        return self.upload is not None and self.upload.staged is not None
 
 
 @dataclass
 class DirHandle:
     node: Node
-    names: list[tuple[str, Entry]]
+    names: list[tuple[str, Entry, Upload | None]]
 
 
 @dataclass
 class FileHandle:
     node: Node
     reader: FileReader | None = None
+    #: A staged file's upload, written (`writing`) or read through this handle.
+    upload: Upload | None = None
+    writing: bool = False
 
 
 def _meta_entries(entry: Entry) -> list[Entry]:
@@ -128,20 +147,29 @@ class Settings:
 
 @guard_operations
 class Filesystem(pyfuse3.Operations):
-    def __init__(self, platforms: dict[str, Platform], cache: BlockCache, settings: Settings | None = None):
+    def __init__(self, platforms: dict[str, Platform], cache: BlockCache, settings: Settings | None = None,
+                 uploads: Uploads | None = None):
         super().__init__()
         self.platforms = platforms
         self.cache = cache
         self.settings = settings or Settings()
+        self.listings = Listings(self.settings.metadata_ttl)
+        self.uploads = uploads
+        if uploads is not None:
+            uploads.on_confirmed = self._confirmed
         self.uid, self.gid = os.getuid(), os.getgid()
-        root = Entry("", True, "root")
+        #: The mount's root and the platforms' top directories show when the mount started.
+        self.started = time.time()
+        root = Entry("", True, "root", mtime=self.started)
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, root, None, "")}
         self._inodes_by_identity: dict[tuple, int] = {}
         self._next_inode = itertools.count(pyfuse3.ROOT_INODE + 1)
-        self._listing_locks: dict[int, trio.Lock] = {}
         self._handles: dict[int, DirHandle | FileHandle] = {}
         self._next_handle = itertools.count(1)
         self._usage: tuple[float, tuple[int, int]] | None = None
+        self._deletes_paused_until = 0.0
+        #: Where `omicsfs` commands reach the running daemon (the root's `user.omicsfs.control`).
+        self.control_path = ""
 
     # -- the inode table ---------------------------------------------------------------------
 
@@ -167,7 +195,7 @@ class Filesystem(pyfuse3.Operations):
     def _platform_of(self, parent: Node, name: str) -> Platform:
         return parent.platform or self.platforms[name]  # the root's entries are the platforms
 
-    def _child(self, parent: Node, name: str, entry: Entry) -> Node:
+    def _child(self, parent: Node, name: str, entry: Entry, upload: Upload | None = None) -> Node:
         """The node of a directory's entry, made when the kernel is first told of it."""
         platform = self._platform_of(parent, name)
         identity = (platform.name, entry.key, entry.version)
@@ -175,10 +203,11 @@ class Filesystem(pyfuse3.Operations):
         if inode is not None:
             node = self.nodes[inode]
             node.entry = entry
+            node.upload = upload or node.upload
             return node
         inode = next(self._next_inode)
         path = f"{parent.path}/{name}" if parent.path else name
-        node = Node(inode, entry, platform, path, identity)
+        node = Node(inode, entry, platform, path, identity, parent.entry, parent.path, upload=upload)
         if not entry.is_dir and entry.content is None:
             node.obj = ObjectRef.for_file(platform.name, entry.uid or repr(entry.key), entry.version, entry.size)
         self._inodes_by_identity[identity] = inode
@@ -190,41 +219,61 @@ class Filesystem(pyfuse3.Operations):
         node.lookups += 1
         return self.attributes(node)
 
-    async def listing(self, node: Node) -> dict[str, Entry]:
-        """Name → entry for a directory, listed again once older than the metadata TTL."""
-        if self._fresh(node):
-            return node.children  # type: ignore[return-value]
-        lock = self._listing_locks.setdefault(node.inode, trio.Lock())
-        async with lock:  # concurrent lookups in one directory cause one listing
-            if self._fresh(node):
-                return node.children  # type: ignore[return-value]
-            entry, platform = node.entry, node.platform
-            if platform is None:  # the mount's root: one directory per configured platform
-                children = {name: each.root() for name, each in self.platforms.items()}
-            else:
-                if entry.children is not None and node.children is None:
-                    entries = entry.children  # learned together with the directory itself
-                else:
-                    started = time.monotonic()
-                    entries = await platform.list_dir(entry)
-                    log.debug("%s: listed %d entries in %.3f s", node.path, len(entries), time.monotonic() - started)
-                named = unique_names(entries, lambda e: e.name, lambda e: e.uid, reserved=META_FILES)
-                named += [(meta.name, meta) for meta in _meta_entries(entry)]
-                children = dict(named)
-            for name, child in children.items():  # nodes the kernel knows see the new answer
-                inode = self._inodes_by_identity.get((self._platform_of(node, name).name, child.key, child.version))
-                if inode is not None:
-                    self.nodes[inode].entry = child
-            node.children = children
-            node.listed_at = time.monotonic()
-            return children
+    # -- listings ------------------------------------------------------------------------------
 
-    def _fresh(self, node: Node) -> bool:
-        if node.children is None:
-            return False
+    @staticmethod
+    def _place(node: Node) -> Place:
+        return node.platform.name, node.entry.key
+
+    async def listing(self, node: Node) -> dict[str, Entry]:
+        """Name → entry of a directory as its platform lists it (cached for the metadata TTL)."""
+        platform, entry = node.platform, node.entry
+        if platform is None:  # the mount's root: one directory per configured platform
+            return {name: each.root() for name, each in self.platforms.items()}
+
+        async def fetch() -> dict[str, Entry]:
+            if entry.children is not None:
+                entries = entry.children  # learned together with the directory itself
+            else:
+                started = time.monotonic()
+                entries = await platform.list_dir(entry)
+                log.debug("%s: listed %d entries in %.3f s", node.path, len(entries), time.monotonic() - started)
+            named = unique_names(entries, lambda e: e.name, lambda e: e.uid, reserved=META_FILES)
+            return dict(named + [(meta.name, meta) for meta in _meta_entries(entry)])
+
+        children = await self.listings.get(self._place(node), fetch)
+        for name, child in children.items():  # nodes the kernel knows see the latest answer
+            inode = self._inodes_by_identity.get((platform.name, child.key, child.version))
+            if inode is not None:
+                self.nodes[inode].entry = child
+        return children
+
+    def _extras(self, node: Node) -> dict[str, Entry | Upload]:
+        """What this mount adds to a directory's listing: entries it created, uploads it remembers,
+        files being written (which hide a platform file of the same name they replace)."""
         if node.platform is None:
-            return True
-        return time.monotonic() - node.listed_at < self.settings.metadata_ttl
+            return {}
+        place = self._place(node)
+        extras: dict[str, Entry | Upload] = {**self.listings.created(place)}
+        if self.uploads is not None:
+            extras.update(self.uploads.remembered_in(place))
+            extras.update(self.uploads.staged_in(place))
+        return extras
+
+    async def _find(self, parent: Node, name: str) -> tuple[Entry | None, Upload | None]:
+        """The entry named `name` in `parent` (and its upload, for a file being written)."""
+        extra = self._extras(parent).get(name)
+        if isinstance(extra, Upload):
+            return extra.staged_entry(), extra
+        if extra is not None:
+            return extra, None
+        return (await self.listing(parent)).get(name), None
+
+    async def _children(self, node: Node) -> list[tuple[str, Entry, Upload | None]]:
+        found = {name: (entry, None) for name, entry in (await self.listing(node)).items()}
+        for name, extra in self._extras(node).items():
+            found[name] = (extra.staged_entry(), extra) if isinstance(extra, Upload) else (extra, None)
+        return [(name, entry, upload) for name, (entry, upload) in sorted(found.items())]
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
@@ -232,23 +281,24 @@ class Filesystem(pyfuse3.Operations):
         attrs.st_ino = node.inode
         attrs.generation = 0
         # The kernel may trust names and attributes as long as our own listing stays fresh.
-        attrs.entry_timeout = attrs.attr_timeout = self.settings.metadata_ttl
+        attrs.entry_timeout = attrs.attr_timeout = STAGED_TTL if node.staged else self.settings.metadata_ttl
         if entry.is_dir:
-            attrs.st_mode = stat.S_IFDIR | 0o555
+            attrs.st_mode = stat.S_IFDIR | (0o755 if entry.allows & WRITABLE else 0o555)
             attrs.st_nlink = 2
             attrs.st_size = 0
         else:
-            attrs.st_mode = stat.S_IFREG | 0o444
+            writable = node.staged or entry.allows & {"replace", "delete", "rename"}
+            attrs.st_mode = stat.S_IFREG | (0o644 if writable else 0o444)
             attrs.st_nlink = 1
-            attrs.st_size = entry.size
+            attrs.st_size = node.upload.staged.size if node.staged else entry.size
         attrs.st_uid, attrs.st_gid = self.uid, self.gid
         attrs.st_blksize = BLOCK_SIZE
         attrs.st_blocks = -(-attrs.st_size // 512)
-        mtime_ns = int(entry.mtime * 1e9)
-        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = mtime_ns
+        mtime = node.upload.record.mtime if node.staged else entry.mtime or (self.started if entry.is_dir else 0.0)
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = int(mtime * 1e9)
         return attrs
 
-    # -- FUSE operations -------------------------------------------------------------------
+    # -- FUSE operations: reading ----------------------------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self._node(parent_inode)
@@ -257,8 +307,7 @@ class Filesystem(pyfuse3.Operations):
         text = os.fsdecode(name)
         if text == ".":
             return self.attributes(parent)
-        children = await self.listing(parent)
-        entry = children.get(text)
+        entry, upload = await self._find(parent, text)
         if entry is None:
             # A negative entry: the kernel may remember the name is absent for as long as our
             # listing says so, sparing tools that probe for optional files (.csi, .crai) a call each.
@@ -266,7 +315,7 @@ class Filesystem(pyfuse3.Operations):
             absent.st_ino = 0
             absent.entry_timeout = self.settings.metadata_ttl
             return absent
-        return self._told(self._child(parent, text, entry))
+        return self._told(self._child(parent, text, entry, upload))
 
     async def getattr(self, inode, ctx=None):
         return self.attributes(self._node(inode))
@@ -275,18 +324,17 @@ class Filesystem(pyfuse3.Operations):
         node = self._node(inode)
         if not node.entry.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        children = await self.listing(node)
         handle = next(self._next_handle)
         # A snapshot, so that a listing refreshed between two readdir calls skips or repeats nothing.
-        self._handles[handle] = DirHandle(node, sorted(children.items(), key=lambda item: item[0]))
+        self._handles[handle] = DirHandle(node, await self._children(node))
         return handle
 
     async def readdir(self, fh, start_id, token):
         handle = self._handles[fh]
         assert isinstance(handle, DirHandle)
         for position in range(start_id, len(handle.names)):
-            name, entry = handle.names[position]
-            node = self._child(handle.node, name, entry)
+            name, entry, upload = handle.names[position]
+            node = self._child(handle.node, name, entry, upload)
             # readdirplus: the attributes go with the names, so `ls -l` needs no lookup per entry;
             # each name the kernel takes counts as a lookup it will forget.
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), position + 1):
@@ -302,10 +350,21 @@ class Filesystem(pyfuse3.Operations):
         node = self._node(inode)
         if node.entry.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise pyfuse3.FUSEError(errno.EROFS)
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        fh = next(self._next_handle)
+        if writing:
+            upload = node.upload if node.staged else await self._replace(node, truncate=bool(flags & os.O_TRUNC))
+            if node.staged and flags & os.O_TRUNC and upload.staged.size:
+                upload.staged.truncate(0)
+                self.uploads.truncated(upload, 0)
+            upload.writers += 1
+            self._handles[fh] = FileHandle(node, upload=upload, writing=True)
+            return pyfuse3.FileInfo(fh=fh)
         handle = FileHandle(node)
-        if node.entry.content is None:
+        if node.staged:
+            handle.upload = node.upload
+            node.upload.readers += 1
+        elif node.entry.content is None:
             platform, entry, what = node.platform, node.entry, node.path
             assert platform is not None and node.obj is not None
 
@@ -313,33 +372,61 @@ class Filesystem(pyfuse3.Operations):
                 return platform.read(entry, start, end, what=what)
 
             handle.reader = FileReader(self.cache, node.obj, source, self.settings.max_window)
-        fh = next(self._next_handle)
         self._handles[fh] = handle
         # Files are immutable at one version (a new version is a new inode): keep the page cache.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not node.staged)
 
     async def read(self, fh, off, size):
         handle = self._handles[fh]
         assert isinstance(handle, FileHandle)
+        if handle.upload is not None and handle.upload.staged is not None:
+            return handle.upload.staged.read(off, size)
         if handle.reader is None:
-            return handle.node.entry.content[off : off + size]
+            if handle.node.entry.content is None:  # an upload confirmed while open: read it from the platform
+                handle.reader = self._reader(handle.node)
+            else:
+                return handle.node.entry.content[off : off + size]
         return await handle.reader.read(off, size)
 
+    def _reader(self, node: Node) -> FileReader:
+        platform, entry, what = node.platform, node.entry, node.path
+
+        def source(start: int, end: int):
+            return platform.read(entry, start, end, what=what)
+
+        return FileReader(self.cache, node.obj, source, self.settings.max_window)
+
     async def release(self, fh):
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if not isinstance(handle, FileHandle) or handle.upload is None:
+            return
+        upload = handle.upload
+        if handle.writing:
+            upload.writers -= 1
+            if not upload.writers and upload.unconfirmed:
+                self.uploads.schedule(upload)  # a close whose upload failed: kept, and tried again
+        else:
+            upload.readers -= 1
+        self.uploads.release(upload)
 
     async def getxattr(self, inode, name, ctx):
         node = self._node(inode)
         key = os.fsdecode(name)
         if key.startswith(XATTR_PREFIX):
-            value = node.entry.xattrs.get(key[len(XATTR_PREFIX) :])
+            value = self._xattrs(node).get(key[len(XATTR_PREFIX) :])
             if value is not None:
                 return encodable(value).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def listxattr(self, inode, ctx):
-        node = self._node(inode)
-        return [f"{XATTR_PREFIX}{key}".encode() for key in node.entry.xattrs]
+        return [f"{XATTR_PREFIX}{key}".encode() for key in self._xattrs(self._node(inode))]
+
+    def _xattrs(self, node: Node) -> dict[str, str]:
+        if node.inode == pyfuse3.ROOT_INODE:
+            return {"control": self.control_path} if self.control_path else {}
+        if node.staged:
+            return node.upload.staged_entry().xattrs
+        return node.entry.xattrs
 
     async def statfs(self, ctx):
         data = pyfuse3.StatvfsData()
@@ -379,8 +466,263 @@ class Filesystem(pyfuse3.Operations):
                 self._drop(node)
 
     def _drop(self, node: Node) -> None:
-        """Forget a node and its listing; open files keep their node through their handle."""
+        """Forget a node; open files keep their node through their handle."""
         self.nodes.pop(node.inode, None)
         if self._inodes_by_identity.get(node.identity) == node.inode:
             del self._inodes_by_identity[node.identity]
-        self._listing_locks.pop(node.inode, None)
+
+    # -- FUSE operations: writing ----------------------------------------------------------------
+
+    def _refuse(self, directory: Node, path: str, what: str, why: str = "") -> NoReturn:
+        """Refuse a write: EROFS where nothing can be written, EPERM where other writes are taken."""
+        takes_writes = directory.platform is not None and bool(directory.entry.allows & WRITABLE)
+        code = errno.EPERM if takes_writes else errno.EROFS
+        reason = why or (f"{directory.platform.title} does not allow it here" if takes_writes else "this place is read-only")
+        log.warning("%s: %s refused: %s", path or "/", what, reason)
+        raise pyfuse3.FUSEError(code)
+
+    def _new_name(self, directory: Node, name: bytes) -> str:
+        """A name to create: shown as typed, or refused (EINVAL) where the mount would show it otherwise."""
+        text = os.fsdecode(name)
+        if safe_name(text) != text:
+            log.warning("%s/%s: a name with control characters or invalid UTF-8 is shown otherwise; not created",
+                        directory.path, encodable(text))
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return text
+
+    def _path(self, directory: Node, name: str) -> str:
+        return f"{directory.path}/{name}" if directory.path else name
+
+    @staticmethod
+    def _directory_of(node: Node) -> Node:
+        """The directory a node was found in, as a node to word a refusal with (not in the table)."""
+        return Node(0, node.parent or Entry("", True, ""), node.platform, node.parent_path)
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        parent = self._node(parent_inode)
+        text = self._new_name(parent, name)
+        if "create" not in parent.entry.allows or self.uploads is None:
+            self._refuse(parent, self._path(parent, text), "creating a file")
+        if (await self._find(parent, text))[0] is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        upload = self.uploads.create(parent.platform, parent.entry, parent.path, text)
+        upload.writers += 1
+        node = self._child(parent, text, upload.staged_entry(), upload)
+        fh = next(self._next_handle)
+        self._handles[fh] = FileHandle(node, upload=upload, writing=True)
+        return pyfuse3.FileInfo(fh=fh), self._told(node)
+
+    async def _replace(self, node: Node, *, truncate: bool) -> Upload:
+        """Open a platform file for writing: a new upload that replaces it where the platform allows."""
+        if "replace" not in node.entry.allows or self.uploads is None or node.parent is None:
+            directory = self._directory_of(node)
+            self._refuse(directory, node.path, "writing over a file",
+                         "" if directory.entry.allows.isdisjoint(WRITABLE) else f"{node.platform.title} cannot replace it")
+        upload = self.uploads.create(node.platform, node.parent, node.parent_path, node.entry.name, replacing=node.entry)
+        if not truncate:  # writes land on the file's present bytes (rsync --inplace): fetch them first
+            reader = self._reader(node)
+            position = 0
+            while position < node.entry.size:
+                chunk = await reader.read(position, 1 << 20)
+                upload.staged.write(position, chunk)
+                position += len(chunk)
+            self.uploads.written(upload, 0, position)
+        node.upload = upload
+        return upload
+
+    async def write(self, fh, off, buf):
+        handle = self._handles[fh]
+        if not isinstance(handle, FileHandle) or not handle.writing:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        upload = handle.upload
+        try:
+            written = upload.staged.write(off, buf)
+        except OSError as exc:  # ENOSPC above all: the writer is told; nothing accepted is lost
+            log.error("%s: staging a write of %d bytes at %d failed: %s", handle.node.path, len(buf), off, exc.strerror)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        self.uploads.written(upload, off, off + written)
+        return written
+
+    async def flush(self, fh):
+        handle = self._handles.get(fh)
+        if isinstance(handle, FileHandle) and handle.writing and handle.upload.writers == 1:
+            await self._upload(handle, wait=None)
+
+    async def fsync(self, fh, datasync):
+        handle = self._handles.get(fh)
+        if isinstance(handle, FileHandle) and handle.writing:
+            handle.upload.staged.sync()
+            await self._upload(handle, wait=True)
+
+    async def _upload(self, handle: FileHandle, *, wait: bool | None) -> None:
+        """Confirm a written file (`close` and `fsync`): EIO if its upload failed for good (kept)."""
+        try:
+            await self.uploads.close(handle.upload, wait=wait)
+        except PlatformError as exc:
+            log.error("%s: upload failed: %s; kept in the journal, tried again in the background", handle.node.path, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        if not node.staged:
+            directory = self._directory_of(node)
+            self._refuse(directory, node.path, "changing attributes",
+                         "" if directory.entry.allows.isdisjoint(WRITABLE) else "only a file being written can change")
+        upload = node.upload
+        if fields.update_size:
+            upload.staged.truncate(attr.st_size)
+            self.uploads.truncated(upload, attr.st_size)
+            if not upload.writers:
+                await self.uploads.close(upload)
+        if fields.update_mtime:
+            # Kept while the file is written (cp -p, rsync -t ask); the platform sets its own time.
+            upload.record.mtime = attr.st_mtime_ns / 1e9
+        return self.attributes(node)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        parent = self._node(parent_inode)
+        text = self._new_name(parent, name)
+        if "mkdir" not in parent.entry.allows:
+            self._refuse(parent, self._path(parent, text), "making a directory")
+        if (await self._find(parent, text))[0] is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        entry = await parent.platform.make_directory(parent.entry, text)
+        # Shown until a listing has it; one the platform knows only through its files' paths
+        # (`children` given) is shown until then, however long.
+        self.listings.add_created(self._place(parent), text, entry, local=entry.children is not None)
+        log.info("%s: directory made", self._path(parent, text))
+        return self._told(self._child(parent, text, entry))
+
+    async def unlink(self, parent_inode, name, ctx):
+        parent = self._node(parent_inode)
+        text = os.fsdecode(name)
+        entry, upload = await self._find(parent, text)
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if entry.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if upload is not None:  # a file not yet confirmed: its upload is abandoned
+            await self.uploads.cancel(upload)
+            log.info("%s: removed before its upload was confirmed; the upload is abandoned", self._path(parent, text))
+            return
+        await self._delete(parent, text, entry)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        parent = self._node(parent_inode)
+        text = os.fsdecode(name)
+        entry, _ = await self._find(parent, text)
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if not entry.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        child = self._child(parent, text, entry)
+        try:
+            inside = [name for name, _, _ in await self._children(child) if name not in META_FILES]
+        finally:
+            if not child.lookups:
+                self._drop(child)
+        if inside:
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        if entry.children is not None and self.listings.remove_created(self._place(parent), text) is not None:
+            log.info("%s: directory removed (it existed only in the mount)", self._path(parent, text))
+            return
+        await self._delete(parent, text, entry)
+
+    async def _delete(self, parent: Node, name: str, entry: Entry) -> None:
+        path = self._path(parent, name)
+        if time.monotonic() < self._deletes_paused_until:
+            log.warning("%s: delete refused: deletes are paused for %.0f s after a refused delete", path, DELETE_PAUSE)
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if "delete" not in entry.allows:
+            self._deletes_paused_until = time.monotonic() + DELETE_PAUSE
+            self._refuse(parent, path, "delete", "" if parent.entry.allows.isdisjoint(WRITABLE) else
+                         f"{parent.platform.title} does not delete it; deletes are paused for {DELETE_PAUSE:.0f} s")
+        try:
+            await parent.platform.delete(entry)
+        except PlatformError:
+            self._deletes_paused_until = time.monotonic() + DELETE_PAUSE
+            raise
+        self.listings.remove_created(self._place(parent), name)
+        self.listings.invalidate(self._place(parent))
+        log.info("%s: deleted", path)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
+        old_name, new_name = os.fsdecode(name_old), self._new_name(new_parent, name_new)
+        path = self._path(old_parent, old_name)
+        if flags & ~pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        entry, upload = await self._find(old_parent, old_name)
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if old_parent.platform is None or new_parent.platform is not old_parent.platform:
+            raise pyfuse3.FUSEError(errno.EXDEV)  # `mv` copies and deletes instead
+        if (await self._find(new_parent, new_name))[0] is not None:
+            log.warning("%s: rename over %s refused: remove it first", path, self._path(new_parent, new_name))
+            raise pyfuse3.FUSEError(errno.EEXIST if flags & pyfuse3.RENAME_NOREPLACE else errno.EPERM)
+        if upload is not None:
+            if upload.record.handle is not None or not upload.unconfirmed:
+                log.warning("%s: rename refused while its upload is under way; rename it once uploaded", path)
+                raise pyfuse3.FUSEError(errno.EBUSY)
+            if "create" not in new_parent.entry.allows:
+                self._refuse(new_parent, self._path(new_parent, new_name), "moving a file being written here")
+            self.uploads.move(upload, new_parent.entry, new_parent.path, new_name)
+            return
+        if "rename" not in entry.allows:
+            self._refuse(old_parent, path, "rename")
+        renamed = await old_parent.platform.rename(entry, new_parent.entry, new_name)
+        for parent in (old_parent, new_parent):
+            self.listings.remove_created(self._place(parent), old_name)
+            self.listings.invalidate(self._place(parent))
+        self.listings.add_created(self._place(new_parent), new_name, renamed)
+        log.info("%s: renamed to %s", path, self._path(new_parent, new_name))
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        parent = self._node(new_parent_inode)
+        self._refuse(parent, self._path(parent, os.fsdecode(new_name)), "a hard link", "platforms have no links")
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        parent = self._node(parent_inode)
+        self._refuse(parent, self._path(parent, os.fsdecode(name)), "a symbolic link", "platforms have no links")
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        parent = self._node(parent_inode)
+        self._refuse(parent, self._path(parent, os.fsdecode(name)), "a special file", "platforms hold regular files only")
+
+    async def setxattr(self, inode, name, value, ctx):
+        node = self._node(inode)
+        self._refuse(self._directory_of(node), node.path, f"setting {os.fsdecode(name)}", "attributes come from the platform")
+
+    async def removexattr(self, inode, name, ctx):
+        node = self._node(inode)
+        self._refuse(self._directory_of(node), node.path, f"removing {os.fsdecode(name)}", "attributes come from the platform")
+
+    def _confirmed(self, upload: Upload) -> None:
+        """The platform confirmed a file: it shows as the platform's, under the same inode."""
+        entry, record = upload.entry, upload.record
+        self.listings.add_created(upload.place, record.name, entry)
+        staged_identity = (record.platform, ("staged", record.id), record.id)
+        inode = self._inodes_by_identity.pop(staged_identity, None)
+        node = self.nodes.get(inode) if inode is not None else None
+        if node is None:
+            return
+        identity = (record.platform, entry.key, entry.version)
+        node.entry, node.identity = entry, identity
+        node.obj = ObjectRef.for_file(record.platform, entry.uid or repr(entry.key), entry.version, entry.size)
+        self._inodes_by_identity[identity] = node.inode
+
+    # -- explicit acts (`omicsfs complete PATH`) -------------------------------------------------
+
+    async def perform(self, action: str, path: str) -> str:
+        """Do a platform's explicit `action` on the entry at `path` (relative to the mount point)."""
+        node = self.nodes[pyfuse3.ROOT_INODE]
+        entry = node.entry
+        for part in [part for part in path.split("/") if part and part != "."]:
+            entry, _ = await self._find(node, part)
+            if entry is None:
+                raise PlatformError(f"{path}: no such file or directory", errno_=errno.ENOENT)
+            # A node of its own, not in the table: the kernel was told of none.
+            node = Node(0, entry, self._platform_of(node, part), self._path(node, part))
+        if node.platform is None or action not in node.platform.actions:
+            raise PlatformError(f"{path or '/'}: {action} is not something this platform does", errno_=errno.EINVAL)
+        return await node.platform.perform(action, entry)

@@ -27,6 +27,9 @@ from omicsfs.fs import Filesystem, Settings
 from omicsfs.http import Http, new_client
 from omicsfs.platform import Platform
 from omicsfs.platforms import platform_class
+from omicsfs.service.control import ControlServer
+from omicsfs.staging import Journal
+from omicsfs.uploads import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,9 @@ FLUSH_TIMEOUT = 30
 
 
 def mount_options() -> list[str]:
-    return ["fsname=omicsfs", "subtype=omicsfs", "ro", "default_permissions", "noatime"]
+    # Not "ro": where a platform takes writes they become uploads; everywhere else each operation
+    # refuses them itself, with EROFS (or EPERM) and a log line saying why.
+    return ["fsname=omicsfs", "subtype=omicsfs", "default_permissions", "noatime"]
 
 
 def mount_points() -> list[str]:
@@ -182,26 +187,42 @@ async def _serve(config: Config, mountpoint: Path, ready: Callable[[], None], li
         disk = DiskCache(config.cache_dir, config.cache_size)
         async with trio.open_nursery() as nursery:
             cache = BlockCache(config.memory_cache_size, disk, nursery)
+            uploads = Uploads(Journal(config.cache_dir), platforms, nursery, write_back=config.write_back)
             # The prefetch window is capped so that prefetched blocks still fit the memory cache.
             settings = Settings(metadata_ttl=config.metadata_ttl, max_window=min(MAX_WINDOW, config.memory_cache_size // 2))
-            filesystem = Filesystem(platforms, cache, settings)
+            filesystem = Filesystem(platforms, cache, settings, uploads)
+            control = ControlServer({"perform": lambda request: _perform(filesystem, request)})
+            filesystem.control_path = await nursery.start(control.serve)
             pyfuse3.init(filesystem, str(mountpoint), mount_options())
             life.phase = "serving"
             life.starting.shield = True  # from here on, a signal unmounts: nothing may cut the cleanup short
             try:
+                await uploads.resume()
                 nursery.start_soon(_announce, mountpoint, ready)
                 for platform in platforms.values():
                     if platform.token is not None:
                         nursery.start_soon(watch_expiry, platform.token, platform.name)
                 await pyfuse3.main()
                 life.phase = "stopping"
+                pending = uploads.pending()
+                if pending:
+                    log.info("unmounting: waiting for %d upload(s) under way", len(pending))
+                await uploads.drain()
                 with trio.move_on_after(FLUSH_TIMEOUT):  # what a remount should find on disk
                     await cache.flush()
             finally:
                 life.phase = "stopping"
                 pyfuse3.close(unmount=True)
                 nursery.cancel_scope.cancel()
+                left = [u.record.path for u in uploads.pending()]
+                if left:
+                    log.warning("unmounted %s with %d upload(s) not yet confirmed, kept in the journal for the next mount: %s",
+                                mountpoint, len(left), ", ".join(left[:5]))
                 log.info("unmounted %s", mountpoint)
+
+
+async def _perform(filesystem: Filesystem, request: dict) -> dict:
+    return {"message": await filesystem.perform(str(request["action"]), str(request.get("path", "")))}
 
 
 async def _announce(mountpoint: Path, ready: Callable[[], None]) -> None:
