@@ -362,9 +362,7 @@ class SevenBridges(Platform):
     async def make_directory(self, parent: Entry, name: str) -> Entry:
         what = f"{self.name}: new folder {name}"
         item = await self._change("POST", "files", what=what, json_body={"name": name, "type": "folder", **self._target(parent)})
-        folder = self._file_or_folder(item, writable=True)
-        folder.children = []
-        return folder
+        return self._file_or_folder(item, writable=True)  # a real folder: no `children`, those are path-made ones
 
     async def begin_upload(self, parent: Entry, name: str, size: int | None, replacing: Entry | None) -> dict:
         if size is None:
