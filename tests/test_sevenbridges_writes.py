@@ -1,9 +1,10 @@
-"""Seven Bridges writes: the platform module's writing methods against the emulator's upload flow.
+"""Seven Bridges writes: the platform module against the emulator's upload flow, then real mounts.
 
-The module is driven directly (as the core will drive it) over a real `httpx.AsyncClient` and
+First the module is driven directly (as the core drives it) over a real `httpx.AsyncClient` and
 `Http`: folders, multipart uploads of parts streamed from bytes or a file, replace, rename, move,
-delete; every fault the part store can inject; and the emulator's own strictness. Results are
-read back through the module's listing and `read`, and compared with the bytes the emulator stored.
+delete; every fault the part store can inject; and the emulator's own strictness. Then real mounts
+and real tools (`cp`, `mkdir`, `samtools`, `rsync`, `mv`, `rm`, a kill -9 of the daemon). Results are
+read back through the module (or a fresh mount) and compared with the bytes the emulator stored.
 
 These tests run against an emulator of their own, on the session's generated data: what they write
 changes the account, and the read tests compare the session emulator's account with what they
@@ -16,7 +17,11 @@ import dataclasses
 import errno
 import hashlib
 import json
+import os
 import random
+import signal
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -29,7 +34,8 @@ from omicsfs.errors import AccessDenied, PlatformError
 from omicsfs.http import Http, RetryPolicy, new_client
 from omicsfs.platform import Entry, PartBody
 from omicsfs.platforms import sevenbridges
-from tests.conftest import TEST_LARGE_FILE
+from omicsfs.mount import is_mounted
+from tests.conftest import TEST_LARGE_FILE, md5sums, platform_table
 
 MiB = 1024 * 1024
 #: Quick retries: the faults are injected, the waits would only slow the tests.
@@ -118,9 +124,10 @@ async def read_all(platform, entry: Entry) -> bytes:
     return b"".join([chunk async for chunk in platform.read(entry, 0, entry.size, what="test")])
 
 
-def stored(server: EmulatorProcess, entry: Entry) -> bytes:
-    """The bytes the emulator keeps for a file it was sent."""
-    return (server.data_dir / "sevenbridges" / "written" / str(server.process.pid) / entry.uid).read_bytes()
+def stored(server: EmulatorProcess, entry: Entry | str) -> bytes:
+    """The bytes the emulator keeps for a file it was sent (an entry, or its id)."""
+    file_id = entry.uid if isinstance(entry, Entry) else entry
+    return (server.data_dir / "sevenbridges" / "written" / str(server.process.pid) / file_id).read_bytes()
 
 
 async def upload(platform, parent: Entry, name: str, content: bytes, replacing: Entry | None = None) -> Entry:
@@ -391,7 +398,7 @@ async def test_folders_rename_move_and_delete(platform, server):
     rna = await project(platform)
     assert rna.allows == {"create", "mkdir"}
     folder = await scratch(platform)
-    assert folder.allows == {"create", "mkdir", "delete"} and folder.children == []
+    assert folder.allows == {"create", "mkdir", "delete"} and folder.children is None  # SBG holds it: not path-made
     listed = await child(platform, rna, folder.name)
     assert listed.uid == folder.uid and listed.key == folder.key
     with pytest.raises(PlatformError) as taken:
@@ -476,3 +483,287 @@ async def test_read_only_places_take_nothing(platform, server):
     assert {e.name for e in await readonly.list_dir(public)} == {"synthetic_reference.fasta", "synthetic_reference.fasta.fai"}
     stats = server.stats()
     assert (stats["uploads_started"], stats["part_requests"]) == (0, 0)
+
+
+# -- real mounts -----------------------------------------------------------------------------------
+
+NAME = "sevenbridges"
+
+
+@pytest.fixture
+def sbg_mount(mount, server):
+    """`sbg_mount(*extra_args, cache_dir=None)`: a real mount of this module's emulator."""
+
+    def do(*extra: str, cache_dir: Path | None = None):
+        return mount({NAME: platform_table(server, "sevenbridges")}, *extra, cache_dir=cache_dir)
+
+    return do
+
+
+def tree(mounted, project_id: str = RNA) -> Path:
+    return mounted.path / NAME / "Projects" / project_id
+
+
+def names(directory: Path) -> list[str]:
+    """A directory's entries, without the hidden `.id` and `.json` of the directory itself."""
+    return sorted(name for name in os.listdir(directory) if name not in (".id", ".json"))
+
+
+def file_id(path: Path) -> str:
+    return os.getxattr(path, "user.omicsfs.id").decode()
+
+
+def md5(content: bytes) -> str:
+    return hashlib.md5(content).hexdigest()
+
+
+def write_file(path: Path, size: int, seed: int) -> bytes:
+    content = data(size, seed)
+    path.write_bytes(content)
+    return content
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+@pytest.mark.mount
+def test_cp_and_mkdir_read_back_through_a_fresh_mount(sbg_mount, server, tmp_path):
+    sources = {"empty.txt": b"", "samplesheet.csv": data(10_000, seed=10), "reads.bam": data(100 * MiB, seed=11)}
+    for name, content in sources.items():
+        (tmp_path / name).write_bytes(content)
+    first = sbg_mount()
+    target = tree(first) / f"cp-{uuid.uuid4().hex[:8]}"
+    target.mkdir()  # a folder on Seven Bridges
+    subprocess.run(["cp", *(str(tmp_path / name) for name in sources), str(target)], check=True)
+
+    expected = {name: md5(content) for name, content in sources.items()}
+    assert {path.name: value for path, value in md5sums([target / name for name in sources]).items()} == expected
+    ids = {name: file_id(target / name) for name in sources}
+    for name, content in sources.items():
+        assert stored(server, ids[name]) == content
+    stats = server.stats()
+    assert (stats["uploads_started"], stats["uploads_completed"]) == (3, 3)
+    assert stats["upload_bytes"] == sum(map(len, sources.values()))
+
+    second = sbg_mount()  # knows nothing but what the platform lists
+    again = tree(second) / target.name
+    assert file_id(again) == file_id(target)
+    assert names(again) == sorted(sources)
+    assert {path.name: value for path, value in md5sums([again / name for name in sources]).items()} == expected
+    assert {name: file_id(again / name) for name in sources} == ids
+    assert (again / "reads.bam").stat().st_size == 100 * MiB
+
+
+@pytest.mark.mount
+def test_samtools_sort_into_the_mount_then_index_and_a_region(sbg_mount, server, tmp_path):
+    mounted = sbg_mount()
+    source = tree(mounted, "alice/wgs-cohort") / "alignments" / "HG002.bam"
+    target = tree(mounted) / f"sorted-{uuid.uuid4().hex[:8]}"
+    target.mkdir()
+    sorted_bam = target / "HG002.sorted.bam"
+    subprocess.run(["samtools", "sort", "-o", str(sorted_bam), str(source)], check=True)
+    subprocess.run(["samtools", "index", str(sorted_bam)], check=True)  # writes HG002.sorted.bam.bai beside it
+    assert names(target) == ["HG002.sorted.bam", "HG002.sorted.bam.bai"]
+
+    local = tmp_path / "HG002.sorted.bam"
+    subprocess.run(["samtools", "sort", "-o", str(local), str(source)], check=True)
+    subprocess.run(["samtools", "index", str(local)], check=True)
+    region = "chr1:200000-400000"
+    through_mount = subprocess.run(["samtools", "view", str(sorted_bam), region], capture_output=True, check=True).stdout
+    here = subprocess.run(["samtools", "view", str(local), region], capture_output=True, check=True).stdout
+    assert through_mount == here and through_mount.count(b"\n") > 10
+    fresh = tree(sbg_mount()) / target.name / "HG002.sorted.bam"
+    again = subprocess.run(["samtools", "view", str(fresh), region], capture_output=True, check=True).stdout
+    assert again == here
+    assert server.stats()["uploads_completed"] == 2
+
+
+@pytest.mark.mount
+def test_a_script_that_seeks_back_and_rewrites_a_header(sbg_mount, server):
+    mounted = sbg_mount()
+    path = tree(mounted) / f"rewritten-{uuid.uuid4().hex[:8]}.bin"
+    body = data(6 * MiB + 17, seed=12)
+    with open(path, "wb") as out:
+        out.write(b"\0" * 64)  # a header to fill in once the body is known
+        out.write(body)
+        out.seek(0)
+        out.write(f"length={len(body)} md5={md5(body)}".encode().ljust(64, b" "))
+    expected = f"length={len(body)} md5={md5(body)}".encode().ljust(64, b" ") + body
+    assert path.read_bytes() == expected
+    assert stored(server, file_id(path)) == expected
+    assert (tree(sbg_mount()) / path.name).read_bytes() == expected
+    assert server.stats()["uploads_completed"] == 1
+
+
+@pytest.mark.mount
+def test_rsync_inplace_of_a_directory_and_again_after_a_change(sbg_mount, server, tmp_path):
+    local = tmp_path / "results"
+    (local / "qc").mkdir(parents=True)
+    contents = {
+        "calls.vcf": write_file(local / "calls.vcf", 300_000, seed=13),
+        "qc/report.html": write_file(local / "qc" / "report.html", 20_000, seed=14),
+        "qc/depth.bin": write_file(local / "qc" / "depth.bin", 7 * MiB, seed=15),
+    }
+    mounted = sbg_mount()
+    target = tree(mounted) / f"rsync-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rsync", "-r", "--inplace", f"{local}/", f"{target}/"], check=True)
+    for name, content in contents.items():
+        assert (target / name).read_bytes() == content
+    before = file_id(target / "qc" / "depth.bin")
+
+    # Change the middle of one file; rsync --inplace writes only the block that changed over the
+    # file, whose other bytes the mount fetches first, and the platform's file is replaced. (-I: the
+    # mount shows the platform's upload time, within the second of the change here.)
+    changed = bytearray(contents["qc/depth.bin"])
+    changed[3 * MiB : 3 * MiB + 5] = b"XXXXX"
+    (local / "qc" / "depth.bin").write_bytes(changed)
+    subprocess.run(["rsync", "-r", "--inplace", "--no-whole-file", "-I", f"{local}/", f"{target}/"], check=True)
+    fresh = tree(sbg_mount()) / target.name
+    assert (fresh / "qc" / "depth.bin").read_bytes() == bytes(changed)
+    assert file_id(fresh / "qc" / "depth.bin") != before  # SBG replaced it with a new file
+    assert stored(server, file_id(fresh / "qc" / "depth.bin")) == bytes(changed)
+    assert (fresh / "calls.vcf").read_bytes() == contents["calls.vcf"]
+    assert names(fresh) == ["calls.vcf", "qc"] and names(fresh / "qc") == ["depth.bin", "report.html"]
+
+
+@pytest.mark.mount
+def test_kill_9_in_the_middle_of_an_upload_then_the_next_mount_completes_it(sbg_mount, server, tmp_path):
+    source = tmp_path / "big.bam"
+    content = write_file(source, 100 * MiB, seed=16)
+    cache = tmp_path / "cache"
+    first = sbg_mount(cache_dir=cache)
+    target = tree(first) / f"killed-{uuid.uuid4().hex[:8]}"
+    target.mkdir()
+    server.knobs(part_faults=[{"part": 3, "fault": "slow", "seconds": 20}])  # holds the upload open
+    copy = subprocess.Popen(["cp", str(source), str(target)], stderr=subprocess.PIPE)
+    wait_for(lambda: server.stats()["parts_received"] >= 3, "three of the four parts arrive")
+    os.kill(first.daemon_pid(), signal.SIGKILL)
+    assert copy.wait(timeout=60) != 0  # its close never returned a success
+    subprocess.run(["fusermount3", "-u", "-z", str(first.path)], check=True)
+    assert not is_mounted(first.path)
+    assert server.stats()["uploads_completed"] == 0
+
+    server.knobs(part_faults=[])
+    second = sbg_mount(cache_dir=cache)  # the same configuration and cache: the journal is taken up
+    wait_for(lambda: server.stats()["uploads_completed"] == 1, "the resumed upload completes")
+    path = tree(second) / target.name / "big.bam"
+    wait_for(lambda: os.getxattr(path, "user.omicsfs.id").decode() != "" and path.stat().st_size == len(content),
+             "the file shows as the platform's")
+    assert stored(server, file_id(path)) == content
+    assert md5sums([path])[path] == md5(content)
+    assert server.stats()["parts_received"] <= 4 + 1  # the parts that had arrived were not all sent again
+    assert "resuming an upload" in second.log.read_text()
+
+
+@pytest.mark.mount
+def test_failed_dropped_and_refused_parts_through_a_mount(sbg_mount, server, tmp_path):
+    source = tmp_path / "faults.bin"
+    content = write_file(source, 70 * MiB, seed=17)  # parts of 32, 32 and 6 MiB
+    mounted = sbg_mount()
+    server.knobs(
+        part_faults=[{"part": 1, "fault": "status", "status": 503},
+                     {"part": 2, "fault": "drop", "after": 4 * MiB},
+                     {"part": 3, "fault": "badetag"}],
+        failures=[{"prefix": "/store/uploads/", "status": 403, "count": 1}],  # a part URL refused, as expired
+    )
+    path = tree(mounted) / f"faults-{uuid.uuid4().hex[:8]}.bin"
+    subprocess.run(["cp", str(source), str(path)], check=True)
+    assert server.stats()["injected_failures"] == 4
+    assert stored(server, file_id(path)) == content
+    fresh = tree(sbg_mount()) / path.name
+    assert md5sums([fresh])[fresh] == md5(content)
+
+
+@pytest.mark.mount
+def test_read_only_places_refuse_and_a_move_across_projects_copies(sbg_mount, server, tmp_path):
+    mounted = sbg_mount()
+    rna, wgs = tree(mounted), tree(mounted, "alice/wgs-cohort")
+    task_dirs = list((wgs / ".tasks").iterdir())
+    output = next(path for task in task_dirs for path in task.iterdir() if path.name == "HG002.bam")
+
+    def refused(operation, *args) -> int:
+        with pytest.raises(OSError) as failure:
+            operation(*args)
+        return failure.value.errno
+
+    assert refused(open, mounted.path / NAME / "new.txt", "w") == errno.EROFS
+    assert refused(os.mkdir, mounted.path / NAME / "Projects" / "alice" / "new-project") == errno.EROFS
+    assert refused(open, wgs / ".tasks" / "new.txt", "w") == errno.EROFS
+    assert refused(open, output, "r+") == errno.EROFS  # a task's output, reached through .tasks
+    assert refused(os.unlink, output) == errno.EROFS
+    assert refused(os.rename, rna / "raw", rna / "raw-renamed") == errno.EPERM  # SBG renames no folders
+    assert refused(os.symlink, "design.tsv", rna / "link") == errno.EPERM
+    assert names(rna / "raw") == ["K562_R1.fastq.gz", "K562_R2.fastq.gz"]
+    stats = server.stats()
+    assert (stats["uploads_started"], stats["part_requests"]) == (0, 0)
+
+    # mv across projects: EXDEV, so mv copies the file and deletes it (in a mount whose deletes the
+    # refused unlink above has not paused). mv's exit status is left alone: it also copies the
+    # source's user.omicsfs.* attributes and mode, which the mount refuses.
+    second = sbg_mount()
+    rna, wgs = tree(second), tree(second, "alice/wgs-cohort")
+    moving = rna / f"moving-{uuid.uuid4().hex[:8]}.txt"
+    moving.write_bytes(b"from rna-pilot to wgs-cohort\n")
+    assert refused(os.rename, moving, wgs / moving.name) == errno.EXDEV
+    subprocess.run(["mv", str(moving), str(wgs)], capture_output=True)
+    assert not moving.exists() and (wgs / moving.name).read_bytes() == b"from rna-pilot to wgs-cohort\n"
+    fresh = sbg_mount()
+    assert not (tree(fresh) / moving.name).exists()
+    assert (tree(fresh, "alice/wgs-cohort") / moving.name).read_bytes() == b"from rna-pilot to wgs-cohort\n"
+
+
+@pytest.mark.mount
+def test_public_project_refuses_writes(server, mount):
+    mounted = mount({NAME: platform_table(server, "sevenbridges", public_files=True)})
+    public = tree(mounted, "admin/sbg-public-data")
+    fasta = public / "synthetic_reference.fasta"
+
+    def refused(operation, *args) -> int:
+        with pytest.raises(OSError) as failure:
+            operation(*args)
+        return failure.value.errno
+
+    assert refused(open, public / "new.txt", "w") == errno.EROFS
+    assert refused(os.mkdir, public / "new-folder") == errno.EROFS
+    assert refused(open, fasta, "r+") == errno.EROFS
+    assert refused(os.truncate, fasta, 0) == errno.EROFS
+    assert refused(os.rename, fasta, public / "renamed.fasta") == errno.EROFS
+    assert refused(os.unlink, fasta) == errno.EROFS
+    assert names(public) == ["synthetic_reference.fasta", "synthetic_reference.fasta.fai"]
+    stats = server.stats()
+    assert (stats["uploads_started"], stats["part_requests"]) == (0, 0)
+
+
+@pytest.mark.mount
+def test_rm_and_rmdir_delete_and_a_refusal_stops_the_deletes_after_it(sbg_mount, server):
+    mounted = sbg_mount()
+    rna = tree(mounted)
+    doomed, guarded = rna / f"doomed-{uuid.uuid4().hex[:8]}", rna / f"guarded-{uuid.uuid4().hex[:8]}"
+    files = ("a.txt", "b.txt", "sub/c.txt")
+    for directory in (doomed, guarded):
+        (directory / "sub").mkdir(parents=True)
+        for name in files:
+            (directory / name).write_bytes(name.encode())
+    assert subprocess.run(["rmdir", str(doomed / "sub")], capture_output=True).returncode != 0  # not empty
+    subprocess.run(["rm", *(str(doomed / name) for name in files)], check=True)
+    subprocess.run(["rmdir", str(doomed / "sub"), str(doomed)], check=True)
+    assert not doomed.exists()
+
+    # The platform refuses the first delete: the ones after it are refused without asking it.
+    names(guarded), names(guarded / "sub")  # listed: from here on only deletes reach files/<id>
+    server.knobs(failures=[{"prefix": "/sevenbridges/v2/files/", "status": 403, "count": 1}])
+    before = server.stats()["api_requests"]
+    removing = subprocess.run(["rm", *(str(guarded / name) for name in files)], capture_output=True, text=True)
+    assert removing.returncode != 0 and removing.stderr.count("cannot remove") == 3
+    # The refused delete (answered before the API counts it), and no request after it.
+    assert (server.stats()["injected_failures"], server.stats()["api_requests"] - before) == (1, 0)
+    fresh = tree(sbg_mount())
+    assert not (fresh / doomed.name).exists()
+    remaining = sorted(str(path.relative_to(fresh / guarded.name)) for path in (fresh / guarded.name).rglob("*")
+                       if path.name not in (".id", ".json"))
+    assert remaining == ["a.txt", "b.txt", "sub", "sub/c.txt"]
