@@ -5,8 +5,9 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # fuse3: fusermount3 and the kernel interface; libfuse3-dev + pkg-config + gcc + python3-dev: to
-# build pyfuse3; samtools, tabix, rsync: the tools the tests run through the mount; attr: getfattr.
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv samtools tabix rsync attr curl
+# build pyfuse3; samtools, tabix, rsync: the tools the tests run through the mount; attr: getfattr;
+# systemd: systemd-analyze, which the tests run over the unit files.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv samtools tabix rsync attr curl systemd
 
 .PHONY: demo test bench deps venv clean
 

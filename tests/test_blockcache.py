@@ -1,4 +1,4 @@
-"""Unit tests for the block cache: `ObjectRef`, `DiskCache` and `BlockCache`.
+"""Unit tests for the block cache: `ObjectRef`, `ObjectStore` and `BlockCache`.
 
 The remote side is a fake `Source` over bytes held in memory, which records every range it is
 asked for, so that tests can count requests and check that no block is fetched twice.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import zlib
 from pathlib import Path
 
 import httpx
@@ -17,12 +16,10 @@ import pytest
 import trio
 import trio.testing
 
-from omicsfs.blockcache import BLOCK_SIZE, BlockCache, DiskCache, ObjectRef
+from omicsfs.blockcache import BLOCK_SIZE, BlockCache, ObjectRef, ObjectStore
 from omicsfs.errors import PlatformError
 
-HEADER = DiskCache.HEADER.size
-#: What one full block costs on disk.
-ON_DISK = HEADER + BLOCK_SIZE
+MiB = 1024 * 1024
 
 
 def make_object(name: str, size: int) -> tuple[ObjectRef, bytes]:
@@ -83,8 +80,8 @@ class FakeSource:
         return blocks
 
 
-def files_on_disk(disk: DiskCache) -> dict[Path, int]:
-    return {path: path.stat().st_size for path in disk.directory.rglob("*") if path.is_file()}
+def objects_on_disk(store: ObjectStore) -> set[str]:
+    return {path.stem for path in store.directory.glob("*/*.data")}
 
 
 # -- ObjectRef ------------------------------------------------------------------------------------
@@ -116,478 +113,215 @@ def test_object_ref_blocks(size, count, last):
         assert all(obj.block_length(i) == BLOCK_SIZE for i in range(count - 1))
 
 
-# -- DiskCache ------------------------------------------------------------------------------------
+# -- reading through the cache ------------------------------------------------------------------
 
 
-def test_disk_put_get_roundtrip(tmp_path):
-    obj, data = make_object("roundtrip", 2 * BLOCK_SIZE + 100)
-    disk = DiskCache(tmp_path, 10 * ON_DISK)
-    for index in range(3):
-        assert disk.get(obj, index) is None
-        disk.put(obj, index, block_of(data, index))
-    for index in range(3):
-        assert (obj, index) in disk
-        assert disk.get(obj, index) == block_of(data, index)
-    assert disk.used == 3 * HEADER + len(data)
-    assert sum(files_on_disk(disk).values()) == disk.used
-    # A second put of a block it holds changes nothing.
-    disk.put(obj, 0, block_of(data, 0))
-    assert disk.used == 3 * HEADER + len(data)
+def new_cache(tmp_path, nursery, capacity: int = 256 * MiB) -> BlockCache:
+    return BlockCache(ObjectStore(tmp_path, capacity), nursery)
 
 
-def test_disk_bytes_stay_within_capacity(tmp_path):
-    capacity = 3 * ON_DISK + BLOCK_SIZE // 2  # room for 3 full blocks and change
-    disk = DiskCache(tmp_path, capacity)
-    rng = random.Random(1)
-    for n in range(12):
-        # Objects of one to three blocks whose last block has a random length.
-        size = rng.randrange(1, 3 * BLOCK_SIZE)
-        obj, data = make_object(f"many-{n}", size)
-        for index in range(obj.block_count()):
-            disk.put(obj, index, block_of(data, index))
-            on_disk = files_on_disk(disk)
-            assert disk.used <= capacity
-            assert sum(on_disk.values()) == disk.used
-            assert not any(path.suffix == ".tmp" for path in on_disk)
-    assert disk.used > 2 * ON_DISK  # it did fill up rather than throw everything away
+async def read_all(cache: BlockCache, obj: ObjectRef, source, step: int = 100_000) -> bytes:
+    cached = cache.open(obj)
+    try:
+        return b"".join([await cache.read(cached, source, offset, step) for offset in range(0, obj.size, step)])
+    finally:
+        cache.close(cached)
 
 
-def test_disk_block_larger_than_capacity_is_not_stored(tmp_path):
-    obj, data = make_object("big", BLOCK_SIZE)
-    disk = DiskCache(tmp_path, BLOCK_SIZE)  # the header does not fit as well
-    disk.put(obj, 0, data)
-    assert disk.used == 0
-    assert (obj, 0) not in disk
-    assert files_on_disk(disk) == {}
-
-
-def test_disk_evicts_least_recently_used(tmp_path):
-    obj, data = make_object("lru", 6 * BLOCK_SIZE)
-    disk = DiskCache(tmp_path, 3 * ON_DISK)
-    for index in range(3):
-        disk.put(obj, index, block_of(data, index))
-    assert disk.get(obj, 0) == block_of(data, 0)  # block 0 is now the most recently used
-    disk.put(obj, 3, block_of(data, 3))
-    assert (obj, 1) not in disk  # the oldest went
-    assert disk.get(obj, 1) is None
-    assert disk.get(obj, 0) == block_of(data, 0)  # the recently read one survived
-    disk.put(obj, 4, block_of(data, 4))
-    assert (obj, 2) not in disk
-    assert {i for i in range(6) if (obj, i) in disk} == {0, 3, 4}
-    assert len(files_on_disk(disk)) == 3
-
-
-def test_disk_survives_restart_in_mtime_order(tmp_path):
-    obj, data = make_object("restart", 6 * BLOCK_SIZE)
-    disk = DiskCache(tmp_path, 3 * ON_DISK)
-    for index in range(3):
-        disk.put(obj, index, block_of(data, index))
-    # Give the blocks distinct, old mtimes: 2 oldest, then 0, then 1.
-    for index, mtime in ((2, 1_000_000), (0, 2_000_000), (1, 3_000_000)):
-        os.utime(disk._path(obj, index), (mtime, mtime))
-
-    again = DiskCache(tmp_path, 3 * ON_DISK)
-    assert again.used == disk.used == 3 * ON_DISK
-    assert [again.get(obj, i) for i in range(3)] == [block_of(data, i) for i in range(3)]
-    # Reading touched them all again (0, 1, 2 in that order), so restore the order and restart once more.
-    for index, mtime in ((2, 1_000_000), (0, 2_000_000), (1, 3_000_000)):
-        os.utime(again._path(obj, index), (mtime, mtime))
-    third = DiskCache(tmp_path, 3 * ON_DISK)
-    third.put(obj, 3, block_of(data, 3))
-    assert (obj, 2) not in third and not third._path(obj, 2).exists()  # oldest by mtime
-    third.put(obj, 4, block_of(data, 4))
-    assert (obj, 0) not in third
-    assert third.get(obj, 1) == block_of(data, 1)
-
-
-def test_disk_read_order_persists_across_restart(tmp_path):
-    """A `get` renews the block's mtime, so what was read last survives the next mount's evictions."""
-    obj, data = make_object("touch", 5 * BLOCK_SIZE)
-    disk = DiskCache(tmp_path, 3 * ON_DISK)
-    for index, mtime in ((0, 1_000_000), (1, 2_000_000), (2, 3_000_000)):
-        disk.put(obj, index, block_of(data, index))
-        os.utime(disk._path(obj, index), (mtime, mtime))
-    assert disk.get(obj, 0) == block_of(data, 0)
-    again = DiskCache(tmp_path, 3 * ON_DISK)
-    again.put(obj, 3, block_of(data, 3))
-    assert (obj, 1) not in again  # 1 is now the oldest
-    assert again.get(obj, 0) == block_of(data, 0)
-
-
-def test_disk_restart_with_smaller_capacity_evicts_oldest(tmp_path):
-    obj, data = make_object("shrink", 4 * BLOCK_SIZE)
-    disk = DiskCache(tmp_path, 4 * ON_DISK)
-    for index in range(4):
-        disk.put(obj, index, block_of(data, index))
-        os.utime(disk._path(obj, index), (1_000_000 + index, 1_000_000 + index))
-    smaller = DiskCache(tmp_path, 2 * ON_DISK)
-    assert smaller.used == 2 * ON_DISK
-    assert sum(files_on_disk(smaller).values()) == smaller.used
-    assert {i for i in range(4) if (obj, i) in smaller} == {2, 3}
-
-
-def test_disk_restart_removes_interrupted_writes(tmp_path):
-    obj, data = make_object("tmp", BLOCK_SIZE)
-    disk = DiskCache(tmp_path, 4 * ON_DISK)
-    disk.put(obj, 0, data)
-    leftover = disk._path(obj, 0).parent / "deadbeef.tmp"
-    leftover.write_bytes(b"half a block")
-    again = DiskCache(tmp_path, 4 * ON_DISK)
-    assert not leftover.exists()
-    assert again.used == ON_DISK
-    assert again.get(obj, 0) == data
-
-
-def _edit_record(disk: DiskCache, obj: ObjectRef, index: int, edit) -> None:
-    """Apply `edit(raw, offset)` to the segment file holding the block, whose record starts at offset."""
-    path, offset = disk._record(obj, index)
-    raw = bytearray(path.read_bytes())
-    path.write_bytes(bytes(edit(raw, offset)))
-
-
-def _truncate(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
-    _edit_record(disk, obj, index, lambda raw, at: raw[: at + (HEADER + len(data)) // 2])
-
-
-def _truncate_into_header(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
-    _edit_record(disk, obj, index, lambda raw, at: raw[: at + HEADER - 3])
-
-
-def _flip_data_byte(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
-    def flip(raw: bytearray, at: int) -> bytearray:
-        raw[at + HEADER + 1234] ^= 0x40
-        return raw
-
-    _edit_record(disk, obj, index, flip)
-
-
-def _header(header: bytes):
-    def replace(raw: bytearray, at: int) -> bytearray:
-        raw[at : at + HEADER] = header
-        return raw
-
-    return replace
-
-
-def _foreign_header(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
-    # A well-formed header, with a valid CRC, of another object.
-    other = ObjectRef.for_file("test", "someone else", "v1", obj.size)
-    _edit_record(disk, obj, index, _header(DiskCache.HEADER.pack(DiskCache.MAGIC, other.digest, index, len(data), zlib.crc32(data))))
-
-
-def _wrong_index(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
-    _edit_record(disk, obj, index, _header(DiskCache.HEADER.pack(DiskCache.MAGIC, obj.digest, index + 7, len(data), zlib.crc32(data))))
-
-
-def _wrong_magic(disk: DiskCache, obj: ObjectRef, index: int, data: bytes) -> None:
-    _edit_record(disk, obj, index, _header(DiskCache.HEADER.pack(b"OTHERFMT", obj.digest, index, len(data), zlib.crc32(data))))
-
-
-CORRUPTIONS = [_truncate, _truncate_into_header, _flip_data_byte, _foreign_header, _wrong_index, _wrong_magic]
-
-
-@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
-def test_disk_discards_torn_block(tmp_path, caplog, corrupt):
-    obj, data = make_object("torn", 3 * BLOCK_SIZE)
-    disk = DiskCache(tmp_path, 10 * ON_DISK)
-    for index in range(3):
-        disk.put(obj, index, block_of(data, index))
-    path = disk._path(obj, 1)
-    corrupt(disk, obj, 1, block_of(data, 1))
-    with caplog.at_level(logging.WARNING, logger="omicsfs.blockcache"):
-        assert disk.get(obj, 1) is None
-    assert any(path.name in record.getMessage() for record in caplog.records)
-    assert not path.exists()
-    assert (obj, 1) not in disk
-    assert disk.used == 2 * ON_DISK
-    # The other blocks are untouched.
-    assert disk.get(obj, 0) == block_of(data, 0)
-    assert disk.get(obj, 2) == block_of(data, 2)
-
-
-def test_disk_block_deleted_behind_its_back(tmp_path):
-    obj, data = make_object("gone", 2 * BLOCK_SIZE)
-    disk = DiskCache(tmp_path, 10 * ON_DISK)
-    disk.put(obj, 0, block_of(data, 0))
-    disk._path(obj, 0).unlink()
-    assert disk.get(obj, 0) is None
-    assert (obj, 0) not in disk
-    assert disk.used == 0
-
-
-# -- BlockCache -----------------------------------------------------------------------------------
-
-
-def new_cache(tmp_path, nursery, *, memory=64 * BLOCK_SIZE, disk=64 * ON_DISK, disk_cache=None) -> BlockCache:
-    return BlockCache(memory, disk_cache or DiskCache(tmp_path, disk), nursery)
-
-
-async def test_get_returns_each_block(tmp_path, nursery):
-    obj, data = make_object("blocks", 3 * BLOCK_SIZE + 777)
-    source = FakeSource(data)
+async def test_reads_fetch_each_block_once_and_serve_the_right_bytes(tmp_path, nursery):
+    obj, data = make_object("whole", 3 * BLOCK_SIZE + 777)
+    source = FakeSource(data, chunk=50_000)  # chunks that straddle blocks
     cache = new_cache(tmp_path, nursery)
-    for index in range(obj.block_count()):
-        assert await cache.get(obj, source, index) == block_of(data, index)
-    assert len(await cache.get(obj, source, 3)) == 777
-    assert cache.stats.requests == 4
+    assert await read_all(cache, obj, source) == data
+    assert sorted(source.fetched_blocks()) == [0, 1, 2, 3]
     assert cache.stats.bytes_fetched == len(data)
-    # Again: from memory, no request.
-    assert await cache.get(obj, source, 2) == block_of(data, 2)
-    assert cache.stats.requests == 4 and cache.stats.memory_hits >= 1
+    hits, misses = cache.stats.hits, cache.stats.misses
+    assert await read_all(cache, obj, source) == data  # again: from the cache
+    assert sorted(source.fetched_blocks()) == [0, 1, 2, 3]
+    assert (cache.stats.hits, cache.stats.misses) == (hits + 2, misses)
 
 
-async def test_blocks_come_back_from_disk(tmp_path, nursery):
-    obj, data = make_object("from-disk", 3 * BLOCK_SIZE)
+async def test_a_read_asks_one_request_for_its_blocks_and_those_ahead(tmp_path, nursery):
+    obj, data = make_object("ahead", 40 * BLOCK_SIZE)
     source = FakeSource(data)
-    first = new_cache(tmp_path, nursery)
-    cache_disk = first.disk
-    first.prefetch(obj, source, 0, 2)
-    for index in range(3):
-        await first.get(obj, source, index)
+    cache = new_cache(tmp_path, nursery)
+    cached = cache.open(obj)
+    assert await cache.read(cached, source, 10, 100, ahead=7) == data[10:110]
+    assert source.calls == [(0, 8 * BLOCK_SIZE)]
+    assert await cache.read(cached, source, 5 * BLOCK_SIZE, 10) == data[5 * BLOCK_SIZE : 5 * BLOCK_SIZE + 10]
     assert len(source.calls) == 1
-    await first.flush()  # disk writes happen behind the reads
-    # A new BlockCache (a new mount) on the same directory: empty memory, full disk.
-    second = new_cache(tmp_path, nursery, disk_cache=DiskCache(tmp_path, 64 * ON_DISK))
-    assert second.cached(obj, 1) == block_of(data, 1)
-    assert second.stats.disk_hits == 1
-    assert [await second.get(obj, source, i) for i in range(3)] == [block_of(data, i) for i in range(3)]
-    assert len(source.calls) == 1 and second.stats.requests == 0
-    assert cache_disk.used == 3 * ON_DISK
-
-
-async def test_memory_stays_within_its_byte_budget(tmp_path, nursery):
-    obj, data = make_object("memory", 12 * BLOCK_SIZE)
-    source = FakeSource(data)
-    budget = 3 * BLOCK_SIZE + BLOCK_SIZE // 2
-    cache = new_cache(tmp_path, nursery, memory=budget)
-    for index in range(obj.block_count()):
-        assert await cache.get(obj, source, index) == block_of(data, index)
-        assert cache.memory.currsize <= budget
-        assert sum(len(block) for block in cache.memory.values()) <= budget
-    assert len(cache.memory) == 3
-    # The memory LRU keeps the most recent blocks.
-    assert set(cache.memory.keys()) == {(obj.digest, i) for i in (9, 10, 11)}
-
-
-async def test_memory_lru_keeps_recently_read_block(tmp_path, nursery):
-    obj, data = make_object("memory-lru", 5 * BLOCK_SIZE)
-    source = FakeSource(data)
-    cache = new_cache(tmp_path, nursery, memory=3 * BLOCK_SIZE)
-    for index in range(3):
-        await cache.get(obj, source, index)
-    assert cache.cached(obj, 0) is not None  # block 0 is now the most recent
-    await cache.get(obj, source, 3)
-    keys = set(cache.memory.keys())
-    assert (obj.digest, 0) in keys and (obj.digest, 1) not in keys
-
-
-async def test_tiny_memory_budget_still_holds_one_block(tmp_path, nursery):
-    obj, data = make_object("tiny", 2 * BLOCK_SIZE)
-    source = FakeSource(data)
-    cache = new_cache(tmp_path, nursery, memory=1000)
-    assert await cache.get(obj, source, 0) == block_of(data, 0)
-    assert await cache.get(obj, source, 1) == block_of(data, 1)
-    assert cache.memory.currsize <= BLOCK_SIZE
-
-
-async def test_concurrent_readers_share_one_request(tmp_path, nursery):
-    obj, data = make_object("concurrent", 4 * BLOCK_SIZE)
-    source = FakeSource(data, delay=0.02)
-    cache = new_cache(tmp_path, nursery)
-    results: list[bytes] = []
-
-    async def reader():
-        results.append(await cache.get(obj, source, 2))
-
-    async with trio.open_nursery() as readers:
-        for _ in range(10):
-            readers.start_soon(reader)
-    assert len(source.calls) == 1
-    assert source.calls[0] == (2 * BLOCK_SIZE, 3 * BLOCK_SIZE)
-    assert cache.stats.requests == 1
-    assert results == [block_of(data, 2)] * 10
-
-
-async def test_overlapping_prefetch_and_get_fetch_each_block_once(tmp_path, nursery):
-    obj, data = make_object("overlap", 8 * BLOCK_SIZE)
-    source = FakeSource(data, delay=0.01)
-    cache = new_cache(tmp_path, nursery)
-    results: dict[int, bytes] = {}
-
-    async def get(index):
-        results[index] = await cache.get(obj, source, index)
-
-    cache.prefetch(obj, source, 0, 3)
-    async with trio.open_nursery() as readers:
-        readers.start_soon(get, 2)
-        readers.start_soon(get, 5)
-        cache.prefetch(obj, source, 1, 6)
-        cache.prefetch(obj, source, 0, 7)
-        for index in range(8):
-            readers.start_soon(get, index)
-    assert results == {i: block_of(data, i) for i in range(8)}
-    blocks = source.fetched_blocks()
-    assert sorted(blocks) == list(range(8))  # each block exactly once
-    assert cache.stats.bytes_fetched == len(data)
-
-
-async def test_prefetch_clamps_to_the_object(tmp_path, nursery):
-    obj, data = make_object("clamp", 2 * BLOCK_SIZE + 10)
-    source = FakeSource(data)
-    cache = new_cache(tmp_path, nursery)
-    cache.prefetch(obj, source, 0, 100)
-    await trio.testing.wait_all_tasks_blocked()
-    assert source.calls == [(0, len(data))]
-    assert [cache.cached(obj, i) for i in range(3)] == [block_of(data, i) for i in range(3)]
 
 
 async def test_long_runs_are_split_into_several_requests(tmp_path, nursery):
-    obj, data = make_object("split", 5 * BLOCK_SIZE)
-    source = FakeSource(data)
+    obj, data = make_object("long", 2 * BlockCache.MAX_REQUEST + BLOCK_SIZE)
+    source = FakeSource(data, chunk=1 << 20)
     cache = new_cache(tmp_path, nursery)
-    cache.MAX_REQUEST = 2 * BLOCK_SIZE
-    cache.prefetch(obj, source, 0, 4)
-    assert [await cache.get(obj, source, i) for i in range(5)] == [block_of(data, i) for i in range(5)]
-    assert sorted(source.calls) == [(0, 2 * BLOCK_SIZE), (2 * BLOCK_SIZE, 4 * BLOCK_SIZE), (4 * BLOCK_SIZE, 5 * BLOCK_SIZE)]
+    cached = cache.open(obj)
+    assert await cache.read(cached, source, 0, 10, ahead=obj.block_count() - 1) == data[:10]
+    assert [end - start for start, end in sorted(source.calls)] == [BlockCache.MAX_REQUEST, BlockCache.MAX_REQUEST, BLOCK_SIZE]
 
 
-async def test_prefetch_skips_blocks_already_cached(tmp_path, nursery):
-    obj, data = make_object("holes", 6 * BLOCK_SIZE)
-    source = FakeSource(data)
+async def test_concurrent_readers_of_a_block_cause_one_request(tmp_path, nursery):
+    obj, data = make_object("shared", 4 * BLOCK_SIZE)
+    source = FakeSource(data, delay=0.05)
     cache = new_cache(tmp_path, nursery)
-    await cache.get(obj, source, 1)
-    await cache.get(obj, source, 4)
-    cache.prefetch(obj, source, 0, 5)
-    await trio.testing.wait_all_tasks_blocked()
-    assert sorted(source.calls) == [
-        (0, BLOCK_SIZE), (BLOCK_SIZE, 2 * BLOCK_SIZE), (2 * BLOCK_SIZE, 4 * BLOCK_SIZE),
-        (4 * BLOCK_SIZE, 5 * BLOCK_SIZE), (5 * BLOCK_SIZE, 6 * BLOCK_SIZE),
-    ]
-    assert sorted(source.fetched_blocks()) == list(range(6))
+    cached = cache.open(obj)
+    results = []
 
+    async def reader(offset):
+        results.append(await cache.read(cached, source, offset, 1000))
 
-@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
-async def test_torn_disk_block_is_fetched_again(tmp_path, nursery, caplog, corrupt):
-    obj, data = make_object("torn-refetch", 3 * BLOCK_SIZE)
-    source = FakeSource(data)
-    first = new_cache(tmp_path, nursery)
-    first.prefetch(obj, source, 0, 2)
-    await first.get(obj, source, 2)
-    assert len(source.calls) == 1
-    await first.flush()
-    corrupt(first.disk, obj, 1, block_of(data, 1))
-
-    # Remount: memory is empty, the disk holds the torn block.
-    second = new_cache(tmp_path, nursery, disk_cache=DiskCache(tmp_path, 64 * ON_DISK))
-    assert (obj, 1) in second.disk
-    with caplog.at_level(logging.WARNING, logger="omicsfs.blockcache"):
-        assert await second.get(obj, source, 1) == block_of(data, 1)
-    assert any("torn or corrupt" in r.getMessage() for r in caplog.records)
-    assert source.calls[1:] == [(BLOCK_SIZE, 2 * BLOCK_SIZE)]
-    # The block on disk is whole again.
-    await second.flush()
-    assert DiskCache(tmp_path, 64 * ON_DISK).get(obj, 1) == block_of(data, 1)
-
-
-async def test_prefetch_over_a_torn_block_still_serves_good_bytes(tmp_path, nursery):
-    obj, data = make_object("torn-prefetch", 3 * BLOCK_SIZE)
-    source = FakeSource(data)
-    first = new_cache(tmp_path, nursery)
-    first.prefetch(obj, source, 0, 2)
-    await first.get(obj, source, 2)
-    await first.flush()
-    _flip_data_byte(first.disk, obj, 1, block_of(data, 1))
-    second = new_cache(tmp_path, nursery, disk_cache=DiskCache(tmp_path, 64 * ON_DISK))
-    second.prefetch(obj, source, 0, 2)
-    assert [await second.get(obj, source, i) for i in range(3)] == [block_of(data, i) for i in range(3)]
-
-
-async def test_fetch_error_reaches_every_waiter(tmp_path, nursery):
-    obj, data = make_object("error", 4 * BLOCK_SIZE)
-    error = PlatformError("file: GET https://store.example/obj?… answered 500")
-    source = FakeSource(data, delay=0.01, error=error)
-    cache = new_cache(tmp_path, nursery)
-    caught: list[BaseException] = []
-
-    async def reader(index):
-        try:
-            await cache.get(obj, source, index)
-        except PlatformError as exc:
-            caught.append(exc)
-
-    cache.prefetch(obj, source, 0, 3)
     async with trio.open_nursery() as readers:
-        for index in (0, 1, 1, 2, 3, 3, 3):
-            readers.start_soon(reader, index)
-    assert len(source.calls) == 1
-    assert len(caught) == 7
-    assert all(exc is error for exc in caught)
-    assert cache._pending == {}
-
-    # The failure is not cached: the next read asks again, and succeeds.
-    source.error = None
-    assert await cache.get(obj, source, 3) == block_of(data, 3)
-    assert len(source.calls) == 2
+        for offset in (0, 10, 5000, BLOCK_SIZE - 1000, 0):
+            readers.start_soon(reader, offset)
+    assert len(source.calls) == 1 and len(results) == 5
 
 
-async def test_unexpected_source_error_reaches_waiters_and_is_logged(tmp_path, nursery, caplog):
-    obj, data = make_object("bug", 2 * BLOCK_SIZE)
-    source = FakeSource(data, error=ValueError("a bug in a platform module"))
+async def test_a_remount_reads_from_disk_with_no_request(tmp_path, nursery):
+    obj, data = make_object("remount", 5 * BLOCK_SIZE + 3)
+    assert await read_all(new_cache(tmp_path, nursery), obj, FakeSource(data)) == data
+    source = FakeSource(data)
+    assert await read_all(new_cache(tmp_path, nursery), obj, source) == data
+    assert source.calls == []
+
+
+async def test_a_torn_block_from_disk_is_fetched_again_never_served(tmp_path, nursery):
+    obj, data = make_object("torn", 4 * BLOCK_SIZE)
+    first = new_cache(tmp_path, nursery)
+    assert await read_all(first, obj, FakeSource(data)) == data
+    data_path, _ = first.store.paths(obj)
+    with open(data_path, "r+b") as file:  # a byte of block 2 changes on disk between mounts
+        file.seek(2 * BLOCK_SIZE + 123)
+        file.write(bytes([data[2 * BLOCK_SIZE + 123] ^ 0xFF]))
+    source = FakeSource(data)
+    second = new_cache(tmp_path, nursery)
+    assert await read_all(second, obj, source) == data
+    assert source.fetched_blocks() == [2]
+    assert second.stats.torn_blocks == 1
+
+
+async def test_an_unreadable_index_is_discarded(tmp_path, nursery):
+    obj, data = make_object("index", 3 * BLOCK_SIZE)
+    first = new_cache(tmp_path, nursery)
+    assert await read_all(first, obj, FakeSource(data)) == data
+    _, index_path = first.store.paths(obj)
+    Path(index_path).write_bytes(b"garbage")
+    source = FakeSource(data)
+    assert await read_all(new_cache(tmp_path, nursery), obj, source) == data
+    assert sorted(source.fetched_blocks()) == [0, 1, 2]
+
+
+async def test_the_least_recently_used_objects_go_first_and_the_order_survives_a_remount(tmp_path, nursery):
+    cache = new_cache(tmp_path, nursery, capacity=8 * BLOCK_SIZE)
+    objects = [make_object(f"lru{n}", 3 * BLOCK_SIZE) for n in range(3)]
+    for obj, data in objects[:2]:
+        assert await read_all(cache, obj, FakeSource(data)) == data
+        await trio.sleep(0.01)  # distinct times
+    assert objects_on_disk(cache.store) == {objects[0][0].hex, objects[1][0].hex}
+    # A remount, then the third object: the oldest (the first) goes.
+    again = new_cache(tmp_path, nursery, capacity=8 * BLOCK_SIZE)
+    obj, data = objects[2]
+    assert await read_all(again, obj, FakeSource(data)) == data
+    assert objects_on_disk(again.store) == {objects[1][0].hex, objects[2][0].hex}
+    assert again.store.used <= again.store.capacity
+
+
+async def test_an_object_in_use_is_not_evicted(tmp_path, nursery):
+    cache = new_cache(tmp_path, nursery, capacity=2 * BLOCK_SIZE)
+    obj, data = make_object("busy", 4 * BLOCK_SIZE)
+    cached = cache.open(obj)
+    source = FakeSource(data)
+    assert b"".join([await cache.read(cached, source, i * BLOCK_SIZE, BLOCK_SIZE) for i in range(4)]) == data
+    assert objects_on_disk(cache.store) == {obj.hex}, "larger than the cache, but open"
+    cache.close(cached)
+    assert objects_on_disk(cache.store) == set(), "closed: evicted to fit"
+    assert cache.store.used == 0
+
+
+async def test_a_smaller_cache_after_a_remount_evicts_at_once(tmp_path, nursery):
     cache = new_cache(tmp_path, nursery)
-    with caplog.at_level(logging.ERROR, logger="omicsfs.blockcache"):
-        with pytest.raises(ValueError, match="a bug"):
-            await cache.get(obj, source, 0)
-    assert any(record.exc_info for record in caplog.records)
+    for n in range(4):
+        obj, data = make_object(f"shrink{n}", 2 * BLOCK_SIZE)
+        await read_all(cache, obj, FakeSource(data))
+    smaller = ObjectStore(tmp_path, 4 * BLOCK_SIZE)
+    assert len(objects_on_disk(smaller)) <= 2 and smaller.used <= 4 * BLOCK_SIZE
+
+
+async def test_a_failed_request_fails_its_readers_and_is_not_cached(tmp_path, nursery):
+    obj, data = make_object("fail", 4 * BLOCK_SIZE)
+    error = PlatformError("store said no")
+    source = FakeSource(data, error=error, delay=0.01)
+    cache = new_cache(tmp_path, nursery)
+    cached = cache.open(obj)
+    caught = []
+
+    async def reader(offset):
+        with pytest.raises(PlatformError) as info:
+            await cache.read(cached, source, offset, 10)
+        caught.append(info.value)
+
+    async with trio.open_nursery() as readers:
+        for offset in (0, 0, BLOCK_SIZE, 3 * BLOCK_SIZE):
+            readers.start_soon(reader, offset)
+    assert caught and all(exc is error for exc in caught)
+    assert cached.fetches == []
+    source.error = None
+    assert await cache.read(cached, source, 3 * BLOCK_SIZE, 10) == data[3 * BLOCK_SIZE : 3 * BLOCK_SIZE + 10]
 
 
 async def test_blocks_received_before_a_break_are_kept(tmp_path, nursery):
     """The source resumes what the network cuts (`Http.read_range`, tested in test_http.py); one
     that fails anyway fails the blocks not yet received, and keeps those that were."""
-    obj, data = make_object("resume", 4 * BLOCK_SIZE + 1000)
-    # The request breaks 1.5 blocks in: block 0 is whole, block 1 is not.
+    obj, data = make_object("break", 4 * BLOCK_SIZE + 1000)
     source = FakeSource(data, chunk=50_000, breaks=[BLOCK_SIZE + BLOCK_SIZE // 2])
     cache = new_cache(tmp_path, nursery)
-    cache.prefetch(obj, source, 0, 4)
-    outcomes: dict[int, object] = {}
-
-    async def reader(index):
-        try:
-            outcomes[index] = await cache.get(obj, source, index)
-        except httpx.ReadError as exc:
-            outcomes[index] = exc
-
-    async with trio.open_nursery() as readers:
-        for index in range(5):
-            readers.start_soon(reader, index)
-    assert outcomes[0] == block_of(data, 0)
-    assert all(isinstance(outcomes[index], httpx.ReadError) for index in range(1, 5))
-    assert source.calls == [(0, len(data))]
-    assert cache._pending == {}
-    # The failure is not cached: the next read of each failed block asks again.
-    assert [await cache.get(obj, source, i) for i in range(1, 5)] == [block_of(data, i) for i in range(1, 5)]
-    assert source.calls[1:] == [(i * BLOCK_SIZE, min(len(data), (i + 1) * BLOCK_SIZE)) for i in range(1, 5)]
+    cached = cache.open(obj)
+    with pytest.raises(httpx.ReadError):
+        await cache.read(cached, source, 0, obj.size)
+    assert cached.held[0] == 1 and not any(cached.held[1:])
+    assert await cache.read(cached, source, 0, obj.size) == data
+    assert source.calls == [(0, len(data)), (BLOCK_SIZE, len(data))]
 
 
 async def test_body_ending_early_fails_the_blocks_it_did_not_send(tmp_path, nursery):
     obj, data = make_object("short", 3 * BLOCK_SIZE)
     source = FakeSource(data, short=BLOCK_SIZE + 7)  # the body just stops, without an error
     cache = new_cache(tmp_path, nursery)
-    cache.prefetch(obj, source, 0, 2)
-    assert await cache.get(obj, source, 0) == block_of(data, 0)
+    cached = cache.open(obj)
     with pytest.raises(PlatformError, match="ended at block 1"):
-        await cache.get(obj, source, 1)
-    assert cache._pending == {}  # block 2 failed with it, and is not cached
-    assert await cache.get(obj, source, 2) == block_of(data, 2)
-    assert source.calls == [(0, len(data)), (2 * BLOCK_SIZE, len(data))]
+        await cache.read(cached, source, 0, obj.size)
+    assert await cache.read(cached, source, 0, obj.size) == data
 
 
-async def test_a_run_of_consecutive_blocks_is_one_segment_file(tmp_path):
-    obj, data = make_object("segment", 5 * BLOCK_SIZE)
-    disk = DiskCache(tmp_path, 64 * ON_DISK)
-    await disk.put_async([(obj, index, block_of(data, index)) for index in (4, 0, 2, 1)])
-    assert len(files_on_disk(disk)) == 2, "blocks 0-2 in one segment, block 4 in another"
-    assert disk.used == sum(files_on_disk(disk).values()) == 4 * ON_DISK
-    # A remount finds every block from the segments' names and records.
-    again = DiskCache(tmp_path, 64 * ON_DISK)
-    assert [again.get(obj, index) for index in (0, 1, 2, 4)] == [block_of(data, index) for index in (0, 1, 2, 4)]
-    assert (obj, 3) not in again
+async def test_a_source_sending_more_than_asked_is_not_read_further(tmp_path, nursery):
+    obj, data = make_object("more", 4 * BLOCK_SIZE)
+
+    async def generous(start, end):
+        yield data[start:]  # the whole rest, whatever was asked
+
+    cache = new_cache(tmp_path, nursery)
+    cached = cache.open(obj)
+    assert await cache.read(cached, generous, 0, 100) == data[:100]
+    assert list(cached.held) == [1, 0, 0, 0]
+    assert cache.stats.bytes_fetched == BLOCK_SIZE
+
+
+async def test_unexpected_source_error_reaches_readers_and_is_logged(tmp_path, nursery, caplog):
+    obj, data = make_object("bug", 2 * BLOCK_SIZE)
+    source = FakeSource(data, error=ValueError("a bug in a platform module"))
+    cache = new_cache(tmp_path, nursery)
+    cached = cache.open(obj)
+    with caplog.at_level(logging.ERROR, logger="omicsfs.blockcache"):
+        with pytest.raises(ValueError, match="a bug"):
+            await cache.read(cached, source, 0, 10)
+    assert any(record.exc_info for record in caplog.records)
+
+
+async def test_cached_files_are_sparse(tmp_path, nursery):
+    """A region query caches what it read, not the whole object."""
+    obj, data = make_object("sparse", 400 * BLOCK_SIZE)
+    cache = new_cache(tmp_path, nursery)
+    cached = cache.open(obj)
+    assert await cache.read(cached, FakeSource(data), 300 * BLOCK_SIZE, 10) == data[300 * BLOCK_SIZE : 300 * BLOCK_SIZE + 10]
+    data_path, _ = cache.store.paths(obj)
+    assert os.stat(data_path).st_blocks * 512 <= 4 * BLOCK_SIZE

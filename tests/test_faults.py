@@ -124,6 +124,9 @@ def test_debug_follows_one_request_through_the_daemon(mount, fresh_emulator):
     with open(mounted.path / "basespace" / BAM, "rb") as bam:
         bam.seek(100_000)
         assert len(bam.read(1000)) == 1000
+    deadline = time.monotonic() + 30
+    while "received bytes " not in mounted.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the read returns when its bytes are in; the rest of the window follows
     log = mounted.log.read_text()
     assert "basespace/Projects/Tumor-Normal WGS/AppResults/BWA Alignment S1/Files: listed " in log
     assert "download URL of " in log and " resolved in " in log

@@ -1,4 +1,4 @@
-"""Unit tests for `reader.py`: sequential detection (`ReadAhead`) and `FileReader` over a `BlockCache`."""
+"""Unit tests for `reader.py`: how far ahead to fetch (`ReadAhead`), and `FileReader` over a `BlockCache`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from omicsfs.blockcache import BLOCK_SIZE, BlockCache, DiskCache, ObjectRef
-from omicsfs.reader import FIRST_WINDOW, FileReader, ReadAhead
+from omicsfs.blockcache import BLOCK_SIZE, BlockCache, ObjectRef, ObjectStore
+from omicsfs.reader import FIRST_WINDOW, SEEK_WINDOW, FileReader, ReadAhead
 
 KiB, MiB = 1024, 1024 * 1024
 READ = 128 * KiB  # what the kernel typically asks for per read
@@ -40,7 +40,7 @@ class CountingSource:
 def make_reader(tmp_path, nursery, size: int, max_window: int = 4 * MiB) -> tuple[FileReader, CountingSource, bytes]:
     data = random.Random(size).randbytes(size)
     obj = ObjectRef.for_file("test", "reader", "v1", size)
-    cache = BlockCache(64 * MiB, DiskCache(tmp_path, 128 * MiB), nursery)
+    cache = BlockCache(ObjectStore(tmp_path, 1024 * MiB), nursery)
     source = CountingSource(data)
     return FileReader(cache, obj, source, max_window), source, data
 
@@ -48,69 +48,60 @@ def make_reader(tmp_path, nursery, size: int, max_window: int = 4 * MiB) -> tupl
 # -- ReadAhead ------------------------------------------------------------------------------------
 
 
-def test_first_read_prefetches_nothing():
+def test_the_first_read_fetches_a_seek_window():
     readahead = ReadAhead(8 * MiB)
-    assert readahead.advance(0, READ) is None
-    assert readahead.window == 0
+    assert readahead.advance(0, 4 * KiB) == SEEK_WINDOW
+    assert readahead.sequential == 0
 
 
-def test_sequential_reads_double_the_window_up_to_the_cap():
+def test_a_read_larger_than_the_seek_window_gets_what_it_reads():
     readahead = ReadAhead(8 * MiB)
-    windows = []
-    for n in range(8):
-        readahead.advance(n * READ, READ)
-        windows.append(readahead.window)
-    assert windows == [0, 1 * MiB, 2 * MiB, 4 * MiB, 8 * MiB, 8 * MiB, 8 * MiB, 8 * MiB]
+    assert readahead.advance(10 * MiB, 2 * MiB) == 12 * MiB
 
 
-def test_window_never_below_first_window():
+def test_the_window_grows_with_the_bytes_read_sequentially_up_to_the_cap():
+    readahead = ReadAhead(8 * MiB)
+    readahead.advance(0, READ)
+    reach = []
+    for n in range(1, 200):
+        end = (n + 1) * READ
+        reach.append(readahead.advance(n * READ, READ) - end)
+    assert all(0 <= ahead <= 8 * MiB for ahead in reach)
+    assert max(reach[:4]) <= FIRST_WINDOW, "a short sequential run fetches a first window, not more"
+    assert max(reach) == 8 * MiB and reach[-1] >= 4 * MiB, "a long one has the whole capped window on its way"
+    # How far ahead is never more than what was read since the seek, or the first window.
+    for n, ahead in enumerate(reach, start=1):
+        assert ahead <= max(FIRST_WINDOW, (n + 1) * READ)
+
+
+def test_the_window_never_below_the_first():
     readahead = ReadAhead(100 * KiB)
     assert readahead.max_window == FIRST_WINDOW
-    readahead.advance(0, READ)
-    readahead.advance(READ, READ)
-    readahead.advance(2 * READ, READ)
-    assert readahead.window == FIRST_WINDOW
 
 
-def test_prefetch_ranges_are_ahead_contiguous_and_few():
-    """Over a long sequential scan the ranges start where the last ended, and come in large steps."""
+def test_fetches_come_in_steps_of_half_a_window_or_more():
+    """Over a long sequential scan the reach moves in large steps, not with every read."""
     readahead = ReadAhead(4 * MiB)
-    size = 64 * MiB
-    ranges = []
-    for offset in range(0, size, READ):
-        ahead = readahead.advance(offset, READ)
-        if ahead is not None:
-            start, end = ahead
-            assert start >= offset + READ  # beyond the read itself
-            assert end - (offset + READ) <= readahead.window  # never more than one window ahead
-            ranges.append(ahead)
-    for (_, end), (start, _) in zip(ranges, ranges[1:]):
-        assert start == end  # no gap, no overlap
-    assert ranges[0][0] == 2 * READ
-    assert ranges[-1][1] >= size
-    assert len(ranges) <= size // (2 * MiB) + 3  # topped up once per half window, not per read
+    reaches = {readahead.advance(offset, READ) for offset in range(0, 64 * MiB, READ)}
+    assert len(reaches) <= 64 * MiB // (2 * MiB) + 8
 
 
-def test_seek_resets_the_window():
+def test_a_seek_starts_over():
     readahead = ReadAhead(8 * MiB)
-    for n in range(6):
+    for n in range(40):
         readahead.advance(n * READ, READ)
-    assert readahead.window == 8 * MiB
-    assert readahead.advance(500 * MiB, READ) is None  # far away: random
-    assert readahead.window == 0
-    ahead = readahead.advance(500 * MiB + READ, READ)
-    assert readahead.window == FIRST_WINDOW
-    assert ahead == (500 * MiB + 2 * READ, 500 * MiB + 2 * READ + FIRST_WINDOW)
+    assert readahead.sequential >= 4 * MiB
+    assert readahead.advance(500 * MiB, READ) == 500 * MiB + SEEK_WINDOW
+    assert readahead.sequential == 0
+    # Reading on from there: a first window.
+    assert readahead.advance(500 * MiB + READ, READ) == 500 * MiB + 2 * READ + FIRST_WINDOW
 
 
-def test_backward_seek_resets_the_window():
+def test_a_backward_seek_starts_over():
     readahead = ReadAhead(8 * MiB)
-    base = 100 * MiB
-    for n in range(4):
-        readahead.advance(base + n * READ, READ)
-    assert readahead.window == 4 * MiB
-    assert readahead.advance(0, READ) is None
-    assert readahead.window == 0
+    for n in range(8):
+        readahead.advance(100 * MiB + n * READ, READ)
+    assert readahead.advance(0, READ) == SEEK_WINDOW and readahead.sequential == 0
 
 
 def test_slightly_out_of_order_reads_stay_sequential():
@@ -118,93 +109,47 @@ def test_slightly_out_of_order_reads_stay_sequential():
     readahead = ReadAhead(8 * MiB)
     for offset in (0, READ, 3 * READ, 2 * READ, 4 * READ):
         readahead.advance(offset, READ)
-    assert readahead.window == 8 * MiB  # four sequential reads after the first: 1, 2, 4, 8 MiB
+    assert readahead.sequential == 4 * READ
     assert readahead.next_offset == 5 * READ
-
-
-def test_random_reads_never_prefetch():
-    readahead = ReadAhead(8 * MiB)
-    rng = random.Random(7)
-    offsets = [rng.randrange(0, 10_000) * 4 * MiB for _ in range(50)]
-    previous = None
-    for offset in offsets:
-        ahead = readahead.advance(offset, 4096)
-        if previous is not None and abs(offset - previous) > 2 * MiB:
-            assert ahead is None and readahead.window == 0
-        previous = offset
 
 
 # -- FileReader -----------------------------------------------------------------------------------
 
 
-async def test_random_read_fetches_only_its_blocks(tmp_path, nursery):
-    reader, source, data = make_reader(tmp_path, nursery, 64 * BLOCK_SIZE)
-    offset = 10 * BLOCK_SIZE - 1000  # straddles blocks 9 and 10
+async def test_a_random_read_fetches_at_most_a_seek_window(tmp_path, nursery):
+    reader, source, data = make_reader(tmp_path, nursery, 64 * MiB)
+    offset = 10 * MiB - 1000
     assert await reader.read(offset, 4096) == data[offset : offset + 4096]
     await trio.testing.wait_all_tasks_blocked()
-    assert source.bytes <= 2 * BLOCK_SIZE
-    assert sorted(source.calls) == [(9 * BLOCK_SIZE, 11 * BLOCK_SIZE)]
-
-    # Another small read far away: its one block only.
-    offset = 50 * BLOCK_SIZE + 12345
+    first = (offset // BLOCK_SIZE) * BLOCK_SIZE
+    assert source.calls == [(first, first + SEEK_WINDOW + BLOCK_SIZE)]
+    # Another small read far away: one request of its own, as small.
+    offset = 50 * MiB + 12345
     assert await reader.read(offset, 1000) == data[offset : offset + 1000]
     await trio.testing.wait_all_tasks_blocked()
-    assert source.calls[1:] == [(50 * BLOCK_SIZE, 51 * BLOCK_SIZE)]
-    assert source.bytes <= 3 * BLOCK_SIZE
+    assert len(source.calls) == 2 and source.bytes <= 2 * (SEEK_WINDOW + BLOCK_SIZE)
 
 
-async def test_random_reads_within_a_cached_block_fetch_nothing(tmp_path, nursery):
-    reader, source, data = make_reader(tmp_path, nursery, 8 * BLOCK_SIZE)
-    assert await reader.read(3 * BLOCK_SIZE + 10, 100) == data[3 * BLOCK_SIZE + 10 : 3 * BLOCK_SIZE + 110]
-    calls = len(source.calls)
-    assert await reader.read(3 * BLOCK_SIZE + 5000, 100) == data[3 * BLOCK_SIZE + 5000 : 3 * BLOCK_SIZE + 5100]
-    assert len(source.calls) == calls
+async def test_reads_within_what_was_fetched_fetch_it_not_again(tmp_path, nursery):
+    reader, source, data = make_reader(tmp_path, nursery, 8 * MiB)
+    assert await reader.read(3 * MiB + 10, 100) == data[3 * MiB + 10 : 3 * MiB + 110]
+    (first,) = source.calls
+    assert await reader.read(3 * MiB + 300 * KiB, 100) == data[3 * MiB + 300 * KiB : 3 * MiB + 300 * KiB + 100]
+    await trio.testing.wait_all_tasks_blocked()
+    # Read on within the first window: what follows may be fetched, what was fetched is not again.
+    assert all(start >= first[1] for start, _ in source.calls[1:])
 
 
-async def test_sequential_reads_grow_the_window(tmp_path, nursery):
-    size = 64 * BLOCK_SIZE  # 16 MiB
+async def test_a_sequential_scan_fetches_each_byte_once_in_few_requests(tmp_path, nursery):
+    size = 16 * MiB
     reader, source, data = make_reader(tmp_path, nursery, size, max_window=4 * MiB)
-    windows = []
     for offset in range(0, size, READ):
         assert await reader.read(offset, READ) == data[offset : offset + READ]
         await trio.testing.wait_all_tasks_blocked()
-        windows.append(reader.readahead.window)
-        end = offset + READ
-        # Fetched ahead, but never more than the window (plus the block rounding) beyond the read.
-        assert source.high_water >= end
-        assert source.high_water <= min(size, end + reader.readahead.window + BLOCK_SIZE)
-    assert windows[:5] == [0, 1 * MiB, 2 * MiB, 4 * MiB, 4 * MiB]
-    assert max(windows) == 4 * MiB
-    # Every block fetched once, in a few large requests rather than one per read.
+        assert source.high_water >= offset + READ
+        assert source.high_water <= min(size, offset + READ + 4 * MiB + BLOCK_SIZE), "never more than the cap ahead"
     assert source.bytes == size
-    assert len(source.calls) <= 12
-    assert len(source.calls) < size // READ // 4
-
-
-async def test_seek_resets_the_prefetch(tmp_path, nursery):
-    size = 16 * MiB
-    reader, source, data = make_reader(tmp_path, nursery, size, max_window=4 * MiB)
-    for offset in range(0, 6 * READ, READ):
-        await reader.read(offset, READ)
-    await trio.testing.wait_all_tasks_blocked()
-    assert reader.readahead.window == 4 * MiB
-    before = source.bytes
-
-    far_block = 12 * MiB // BLOCK_SIZE  # well past the window and what was prefetched
-    far = far_block * BLOCK_SIZE + 100
-    assert await reader.read(far, READ) == data[far : far + READ]
-    await trio.testing.wait_all_tasks_blocked()
-    assert reader.readahead.window == 0
-    assert source.bytes - before <= READ + 2 * BLOCK_SIZE
-    last_block = (far + READ - 1) // BLOCK_SIZE
-    assert all(start >= far_block * BLOCK_SIZE and end <= (last_block + 1) * BLOCK_SIZE for start, end in source.calls[-1:])
-
-    # Reading on from there starts again with the first window.
-    before = source.bytes
-    assert await reader.read(far + READ, READ) == data[far + READ : far + 2 * READ]
-    await trio.testing.wait_all_tasks_blocked()
-    assert reader.readahead.window == FIRST_WINDOW
-    assert 0 < source.bytes - before <= FIRST_WINDOW + 2 * BLOCK_SIZE
+    assert len(source.calls) <= 14 and len(source.calls) < size // READ // 4
 
 
 async def test_read_at_and_past_the_end(tmp_path, nursery):

@@ -1,9 +1,10 @@
-"""The `omicsfs` command: mount, unmount, demo, emulator."""
+"""The `omicsfs` command: mount, unmount, login, demo, emulator."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -20,6 +21,8 @@ import trio
 from omicsfs import __version__, credentials
 from omicsfs.config import Config, PlatformConfig, load, parse_size, xdg_dir
 from omicsfs.errors import OmicsfsError
+from omicsfs.service import notify
+from omicsfs.service.journal import JournalFormatter, stderr_is_journal
 
 log = logging.getLogger("omicsfs")
 
@@ -61,8 +64,9 @@ def setup_logging(debug: bool, secrets: list[str], log_file: Path | None = None,
     if log_file and warnings_to_stderr:
         handlers.append(logging.StreamHandler())
         handlers[-1].setLevel(logging.WARNING)
+    journal = log_file is None and stderr_is_journal()  # a systemd service: journald stamps the lines
     for handler in handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(JournalFormatter() if journal else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(Redact(secrets))
     root = logging.getLogger()
     root.handlers[:] = handlers
@@ -89,6 +93,8 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         config.metadata_ttl = args.metadata_ttl
     if args.write_back:
         config.write_back = args.write_back
+    if args.allow_other:
+        config.allow_other = True
     return config
 
 
@@ -110,9 +116,10 @@ def _serve_foreground(config: Config, mountpoint: Path, ready_fd: int | None, ba
     except OmicsfsError as exc:
         message = f"omicsfs: {exc}"
         log.error("%s", exc)
+        notify.status(f"failed: {exc}")
         if ready_fd is not None:
             os.write(ready_fd, message.encode() + b"\n")
-        if ready_fd is None or sys.stderr.isatty():
+        if (ready_fd is None or sys.stderr.isatty()) and not stderr_is_journal():  # the journal has the log line
             print(message, file=sys.stderr)
         return 1
     return 0
@@ -120,6 +127,9 @@ def _serve_foreground(config: Config, mountpoint: Path, ready_fd: int | None, ba
 
 def _mount_background(args: argparse.Namespace, mountpoint: Path, log_file: Path) -> int:
     """Start the daemon and wait until it reports the mount live or failed."""
+    from omicsfs.mount import is_mounted, unmount
+
+    mounted_before = is_mounted(mountpoint)  # someone else's: a failed daemon must not unmount it
     read_end, write_end = os.pipe()
     command = [sys.executable, "-m", "omicsfs", "mount", str(mountpoint), "--foreground", "--ready-fd", str(write_end),
                "--log-file", str(log_file)]
@@ -127,8 +137,9 @@ def _mount_background(args: argparse.Namespace, mountpoint: Path, log_file: Path
         value = getattr(args, option)
         if value is not None:
             command += [f"--{option.replace('_', '-')}", str(value)]
-    if args.debug:
-        command.append("--debug")
+    for flag in ("allow_other", "debug"):
+        if getattr(args, flag):
+            command.append(f"--{flag.replace('_', '-')}")
     with open(log_file, "ab") as log_output:
         daemon = subprocess.Popen(command, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=log_output,
                                   stderr=log_output, start_new_session=True)
@@ -140,9 +151,7 @@ def _mount_background(args: argparse.Namespace, mountpoint: Path, log_file: Path
         return 0
     code = daemon.wait()
     print(message or f"omicsfs: the daemon exited with status {code} before mounting; see {log_file}", file=sys.stderr)
-    from omicsfs.mount import is_mounted, unmount
-
-    if is_mounted(mountpoint):  # never leave a dead mount point behind
+    if not mounted_before and is_mounted(mountpoint):  # never leave a dead mount point behind
         unmount(mountpoint, lazy=True)
     return 1
 
@@ -211,14 +220,39 @@ def cmd_action(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- login ---------------------------------------------------------------------------------------
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from omicsfs.login import login
+
+    return login(Path(args.config) if args.config else None, args.name)
+
+
 # -- emulator and demo ---------------------------------------------------------------------------
+
+#: What `omicsfs[emulator]` adds; `pip install omicsfs` alone has none of them.
+EMULATOR_PACKAGES = ("starlette", "uvicorn", "pysam")
+
+
+def emulator_installed(command: str) -> bool:
+    """Whether the emulator's packages are there; if not, say how to get them (not a traceback)."""
+    missing = [name for name in EMULATOR_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"omicsfs {command} runs the built-in emulator, whose packages are not installed here ({', '.join(missing)}).\n"
+              "Install omicsfs with its emulator extra: pip install 'omicsfs[emulator]' "
+              "(from a checkout: pip install '.[emulator]', or pipx install --force '.[emulator]')", file=sys.stderr)
+    return not missing
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
+    if not emulator_installed("emulator"):
+        return 1
+    from omicsfs.emulator import DEFAULT_TOKEN
     from omicsfs.emulator.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.port, Path(args.data) if args.data else None, args.token, parse_size(args.large_file_size), args.host)
+    serve(args.port, Path(args.data) if args.data else None, args.token or DEFAULT_TOKEN, parse_size(args.large_file_size), args.host)
     return 0
 
 
@@ -256,6 +290,8 @@ def demo_config(url: str, token: str, cache_dir: Path) -> Config:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not emulator_installed("demo"):
+        return 1
     from omicsfs.emulator.server import EmulatorProcess
 
     mountpoint = Path(args.mountpoint).absolute()
@@ -315,6 +351,8 @@ def parser() -> argparse.ArgumentParser:
     mount.add_argument("--metadata-ttl", type=float, help="seconds listings and attributes are cached (default 60)")
     mount.add_argument("--write-back", choices=("sync", "async"),
                        help="sync (default): close() returns once the platform confirmed the upload; async: at once")
+    mount.add_argument("--allow-other", action="store_true",
+                       help="let other users in, as the mode bits allow (non-root: needs user_allow_other in /etc/fuse.conf)")
     mount.add_argument("--debug", action="store_true", help="log every operation")
     mount.add_argument("--log-file", help="log file (default: stderr in the foreground, else ~/.local/state/omicsfs/omicsfs.log)")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -328,6 +366,10 @@ def parser() -> argparse.ArgumentParser:
     complete = commands.add_parser("complete", help="mark a BaseSpace app result's session complete (an explicit act)")
     complete.add_argument("path", help="the app result's directory in a mount")
     complete.set_defaults(run=cmd_action, action="complete")
+    login = commands.add_parser("login", help="get a platform's token and keep it in the table's token_file")
+    login.add_argument("name", help="the platform table, [platforms.NAME]")
+    login.add_argument("--config", help="configuration file (default: $OMICSFS_CONFIG, else ~/.config/omicsfs/config.toml)")
+    login.set_defaults(run=cmd_login)
 
     demo = commands.add_parser("demo", help="mount the built-in emulator's sample data")
     demo.add_argument("mountpoint")
@@ -349,8 +391,4 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if getattr(args, "command", None) == "emulator" and args.token is None:
-        from omicsfs.emulator import DEFAULT_TOKEN
-
-        args.token = DEFAULT_TOKEN
     return args.run(args)

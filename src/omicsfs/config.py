@@ -83,6 +83,8 @@ class Config:
     memory_cache_size: int = DEFAULT_MEMORY_CACHE_SIZE
     metadata_ttl: float = DEFAULT_METADATA_TTL
     write_back: str = "sync"
+    #: Let other users than the mount's owner in (FUSE's allow_other; the mode bits still apply).
+    allow_other: bool = False
     source: str = "<defaults>"
 
     def secrets(self) -> list[str]:

@@ -365,13 +365,7 @@ class Filesystem(pyfuse3.Operations):
             handle.upload = node.upload
             node.upload.readers += 1
         elif node.entry.content is None:
-            platform, entry, what = node.platform, node.entry, node.path
-            assert platform is not None and node.obj is not None
-
-            def source(start: int, end: int):
-                return platform.read(entry, start, end, what=what)
-
-            handle.reader = FileReader(self.cache, node.obj, source, self.settings.max_window)
+            handle.reader = self._reader(node)
         self._handles[fh] = handle
         # Files are immutable at one version (a new version is a new inode): keep the page cache.
         return pyfuse3.FileInfo(fh=fh, keep_cache=not node.staged)
@@ -398,6 +392,8 @@ class Filesystem(pyfuse3.Operations):
 
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
+        if isinstance(handle, FileHandle) and handle.reader is not None:
+            handle.reader.close()
         if not isinstance(handle, FileHandle) or handle.upload is None:
             return
         upload = handle.upload
@@ -410,13 +406,16 @@ class Filesystem(pyfuse3.Operations):
         self.uploads.release(upload)
 
     async def getxattr(self, inode, name, ctx):
-        node = self._node(inode)
         key = os.fsdecode(name)
-        if key.startswith(XATTR_PREFIX):
-            value = self._xattrs(node).get(key[len(XATTR_PREFIX) :])
-            if value is not None:
-                return encodable(value).encode()
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if not key.startswith(XATTR_PREFIX):
+            # Not "no such attribute" but "not supported": `ls -l` asks every file for its ACL
+            # (system.posix_acl_access) and SELinux label (security.selinux), and stops asking the
+            # whole mount after the first ENOTSUP, where ENODATA costs a round trip per file.
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        value = self._xattrs(self._node(inode)).get(key[len(XATTR_PREFIX) :])
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return encodable(value).encode()
 
     async def listxattr(self, inode, ctx):
         return [f"{XATTR_PREFIX}{key}".encode() for key in self._xattrs(self._node(inode))]
@@ -521,11 +520,14 @@ class Filesystem(pyfuse3.Operations):
         upload = self.uploads.create(node.platform, node.parent, node.parent_path, node.entry.name, replacing=node.entry)
         if not truncate:  # writes land on the file's present bytes (rsync --inplace): fetch them first
             reader = self._reader(node)
-            position = 0
-            while position < node.entry.size:
-                chunk = await reader.read(position, 1 << 20)
-                upload.staged.write(position, chunk)
-                position += len(chunk)
+            try:
+                position = 0
+                while position < node.entry.size:
+                    chunk = await reader.read(position, 1 << 20)
+                    upload.staged.write(position, chunk)
+                    position += len(chunk)
+            finally:
+                reader.close()
             self.uploads.written(upload, 0, position)
         node.upload = upload
         return upload

@@ -183,6 +183,7 @@ class Http:
         params: dict | None,
         json_body: object,
         content: Content,
+        form: dict[str, str] | None,
         auth: httpx.Auth | None,
         ok: Callable[[int], bool],
         follow_redirects: bool | None,
@@ -194,7 +195,7 @@ class Http:
         other redirect is an error that names it, never a body to parse.
         """
         body = content() if callable(content) else content  # a fresh stream for each attempt
-        request = self.client.build_request(method, url, headers=headers, params=params, json=json_body, content=body)
+        request = self.client.build_request(method, url, headers=headers, params=params, json=json_body, content=body, data=form)
         origin = _origin(request.url)
         follow = method in ("GET", "HEAD") if follow_redirects is None else follow_redirects
         for _ in range(MAX_REDIRECTS + 1):
@@ -249,6 +250,7 @@ class Http:
         params: dict | None = None,
         json_body: object = None,
         content: Content = None,
+        form: dict[str, str] | None = None,
         auth: httpx.Auth | None = None,
         ok: Callable[[int], bool] = _ok,
         follow_redirects: bool | None = None,
@@ -258,8 +260,9 @@ class Http:
         Failures before the headers are retried here; the caller handles its own body (see
         `request` and `read_range`, which retry failures in the body too). `what` names what the
         request is for (a path in the mount, an API object); it leads every log line and error.
+        The body is `json_body`, `content` or `form` (urlencoded, as OAuth endpoints take it).
         """
-        options = dict(headers=headers, params=params, json_body=json_body, content=content, auth=auth, ok=ok,
+        options = dict(headers=headers, params=params, json_body=json_body, content=content, form=form, auth=auth, ok=ok,
                        follow_redirects=follow_redirects)
         response = await self._retrying(what, lambda: self._send(method, url, what=what, **options))
         try:
@@ -331,7 +334,8 @@ class Http:
                     skip = position - _body_offset(response, position, end, by_header=range_param is None)
                     if skip < 0:
                         raise PlatformError(f"{what}: asked for bytes from {position}, the server sent from {position - skip}")
-                    async for chunk in response.aiter_raw():
+                    chunks = response.aiter_raw()
+                    async for chunk in chunks:
                         if skip:
                             dropped = min(skip, len(chunk))
                             chunk, skip = chunk[dropped:], skip - dropped
@@ -339,7 +343,11 @@ class Http:
                         if chunk:
                             position += len(chunk)
                             received += len(chunk)
-                            if position >= end:  # before the last yield: a consumer may stop there
+                            if position >= end:
+                                # Before the last yield (a consumer may stop there): the body read
+                                # to its end hands the connection back to the pool for the next
+                                # request, where a body left unread would close it.
+                                await _drain(chunks)
                                 log.debug("%s: received bytes %d-%d in %.3f s", what, position - received, end - 1,
                                           time.monotonic() - started)
                             yield chunk
@@ -382,7 +390,21 @@ class Http:
         return {**(headers or {}), "Range": f"bytes={start}-{end - 1}"}, params
 
 
-_SEND_DEFAULTS = dict(headers=None, params=None, json_body=None, content=None, auth=None, ok=_ok, follow_redirects=None)
+#: Most bytes read past a range's end to hand its connection back (a server that ignored the
+#: range sends the whole object: that connection is closed instead).
+DRAIN_LIMIT = 256 * 1024
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    left = DRAIN_LIMIT
+    async for extra in chunks:
+        left -= len(extra)
+        if left < 0:
+            return
+
+
+_SEND_DEFAULTS = dict(headers=None, params=None, json_body=None, content=None, form=None, auth=None, ok=_ok,
+                      follow_redirects=None)
 
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$")

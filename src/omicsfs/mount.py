@@ -19,7 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from omicsfs.blockcache import BlockCache, DiskCache
+from omicsfs.blockcache import BlockCache, ObjectStore
 from omicsfs.config import Config
 from omicsfs.credentials import watch_expiry
 from omicsfs.errors import OmicsfsError, PlatformError
@@ -30,6 +30,7 @@ from omicsfs.platforms import platform_class
 from omicsfs.service.control import ControlServer
 from omicsfs.staging import Journal
 from omicsfs.uploads import Uploads
+from omicsfs.service import notify
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,38 @@ log = logging.getLogger(__name__)
 #: 1024 lets sequential readers get 1 MiB requests (about 3x the throughput here; dxfuse does the same).
 READ_AHEAD_KB = 1024
 MAX_WINDOW = 64 * 1024 * 1024
-#: Seconds an unmount waits for blocks still queued for the disk cache.
-FLUSH_TIMEOUT = 30
 
 
-def mount_options() -> list[str]:
+#: Where fusermount3 reads whether users other than root may mount with allow_other.
+FUSE_CONF = Path("/etc/fuse.conf")
+
+
+def mount_options(config: Config) -> list[str]:
+    """FUSE's options for a mount of `config`.
+
+    The mount's source (`mount`, `df`, findmnt) is the configuration file: mount(8) then finds an
+    fstab line (`/etc/omicsfs/lab.toml /mnt/omics fuse.omicsfs ...`) already mounted, and `mount -a`
+    leaves it be. `default_permissions`: the kernel checks the mode bits, for the owner and, with
+    `allow_other`, for everyone.
+    """
+    source = os.path.abspath(config.source) if not config.source.startswith("<") else "omicsfs"  # "<demo>": no file
+    source = source.replace("\\", "\\\\").replace(",", "\\,")  # FUSE splits options at unescaped commas
     # Not "ro": where a platform takes writes they become uploads; everywhere else each operation
     # refuses them itself, with EROFS (or EPERM) and a log line saying why.
-    return ["fsname=omicsfs", "subtype=omicsfs", "default_permissions", "noatime"]
+    options = [f"fsname={source}", "subtype=omicsfs", "default_permissions", "noatime"]
+    return options + (["allow_other"] if config.allow_other else [])
+
+
+def allow_other_permitted(fuse_conf: Path = FUSE_CONF, uid: int | None = None) -> bool:
+    """Whether fusermount3 will mount with allow_other for us: always for root, for others only
+    when fuse.conf holds a `user_allow_other` line."""
+    if (os.getuid() if uid is None else uid) == 0:
+        return True
+    try:
+        lines = fuse_conf.read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.partition("#")[0].strip() == "user_allow_other" for line in lines)
 
 
 def mount_points() -> list[str]:
@@ -81,8 +106,11 @@ def daemon_pid(mountpoint: Path) -> int | None:
     return None
 
 
-def prepare_mountpoint(mountpoint: Path) -> None:
-    """Fail early on a bad mount point; clear a dead one a crashed daemon left behind."""
+def prepare_mountpoint(mountpoint: Path, allow_other: bool = False) -> None:
+    """Fail early on a bad mount point or option; clear a dead mount a crashed daemon left behind."""
+    if allow_other and not allow_other_permitted():
+        raise OmicsfsError(f"allow_other: only root may use it unless {FUSE_CONF} has a line user_allow_other "
+                           f"(as root: echo user_allow_other >> {FUSE_CONF})")
     try:
         os.stat(mountpoint)
     except OSError as exc:
@@ -136,8 +164,11 @@ async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> 
     Signals are received for the whole of it, cleanup included: one before the mount is live
     stops the start; one while serving unmounts; one during the unmount is noted and the cleanup
     carries on to its end (a script's `kill` after `fusermount3 -u` must not abandon it).
+
+    A service manager is told what it does (`notify`): the tokens being checked, the mount live
+    (READY=1), the mount ending (STOPPING=1).
     """
-    prepare_mountpoint(mountpoint)
+    prepare_mountpoint(mountpoint, config.allow_other)
     life = _Life(mountpoint)
     failure: Exception | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -146,8 +177,10 @@ async def serve(config: Config, mountpoint: Path, ready: Callable[[], None]) -> 
             try:
                 with life.starting:
                     await _serve(config, mountpoint, ready, life)
-            except Exception as exc:  # raised as itself, not inside the watcher nursery's ExceptionGroup
+            except Exception as exc:  # raised as itself, not inside a nursery's ExceptionGroup
                 failure = exc
+                while isinstance(failure, ExceptionGroup) and len(failure.exceptions) == 1:
+                    failure = failure.exceptions[0]
             finally:
                 watcher.cancel_scope.cancel()
     if failure is not None:
@@ -183,17 +216,21 @@ class _Life:
 async def _serve(config: Config, mountpoint: Path, ready: Callable[[], None], life: _Life) -> None:
     async with new_client() as client:
         platforms = build_platforms(config, Http(client))
+        notify.status(f"checking the tokens of {', '.join(platforms)}")
         await check_credentials(platforms)
-        disk = DiskCache(config.cache_dir, config.cache_size)
+        store = ObjectStore(config.cache_dir, config.cache_size)
         async with trio.open_nursery() as nursery:
-            cache = BlockCache(config.memory_cache_size, disk, nursery)
+            cache = BlockCache(store, nursery)
             uploads = Uploads(Journal(config.cache_dir), platforms, nursery, write_back=config.write_back)
             # The prefetch window is capped so that prefetched blocks still fit the memory cache.
             settings = Settings(metadata_ttl=config.metadata_ttl, max_window=min(MAX_WINDOW, config.memory_cache_size // 2))
             filesystem = Filesystem(platforms, cache, settings, uploads)
             control = ControlServer({"perform": lambda request: _perform(filesystem, request)})
             filesystem.control_path = await nursery.start(control.serve)
-            pyfuse3.init(filesystem, str(mountpoint), mount_options())
+            try:
+                pyfuse3.init(filesystem, str(mountpoint), mount_options(config))
+            except RuntimeError as exc:  # /dev/fuse not ours to open, fusermount3 refused...
+                raise OmicsfsError(f"cannot mount {mountpoint}: {exc} (see the log for FUSE's own message)") from None
             life.phase = "serving"
             life.starting.shield = True  # from here on, a signal unmounts: nothing may cut the cleanup short
             try:
@@ -204,12 +241,11 @@ async def _serve(config: Config, mountpoint: Path, ready: Callable[[], None], li
                         nursery.start_soon(watch_expiry, platform.token, platform.name)
                 await pyfuse3.main()
                 life.phase = "stopping"
+                notify.stopping(f"unmounting {mountpoint}")
                 pending = uploads.pending()
                 if pending:
                     log.info("unmounting: waiting for %d upload(s) under way", len(pending))
                 await uploads.drain()
-                with trio.move_on_after(FLUSH_TIMEOUT):  # what a remount should find on disk
-                    await cache.flush()
             finally:
                 life.phase = "stopping"
                 pyfuse3.close(unmount=True)
@@ -229,4 +265,5 @@ async def _announce(mountpoint: Path, ready: Callable[[], None]) -> None:
     # In a thread: stat() on our own mount point needs the FUSE loop running to be answered.
     await trio.to_thread.run_sync(tune_device, mountpoint)
     log.info("mounted %s", mountpoint)
+    notify.ready(f"mounted at {mountpoint}")
     ready()

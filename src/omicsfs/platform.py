@@ -14,13 +14,16 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import trio
 
 from omicsfs.credentials import Token, TokenAuth, utc
 from omicsfs.errors import AccessDenied, NotFound, PlatformError
 from omicsfs.http import Http
+
+if TYPE_CHECKING:
+    from omicsfs.login import Prompt
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -196,6 +199,14 @@ class Platform(abc.ABC):
                 raise
             # Retries exhausted: unreachable, or failing on every try.
             raise PlatformError(f"{self.name}: {self.title} at {self.settings['url']} did not answer ({exc}); check the url of {where} and the network") from None
+
+    async def login(self, prompt: Prompt) -> str:
+        """A new token for this table, from the person at the terminal (`omicsfs login`).
+
+        Called on an instance made without a token (`settings["token"]` is ""). By default the
+        token is asked for without echo; a platform with a sign-in flow of its own overrides this.
+        """
+        return prompt.secret(f"{self.title} {self.token_name} for [platforms.{self.name}] (typing is not shown): ")
 
     def token_hint(self) -> str:
         """More on why a token may have been refused (an expiry the token states), or ""."""

@@ -21,6 +21,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -57,6 +58,11 @@ class Knobs:
     #: The token the platforms accept from now on (None: the one the emulator started with), to
     #: test a token rotated while mounted.
     token: str | None = None
+    #: OAuth device flow (BaseSpace's `omicsfs login`): how long a code lives, the poll interval
+    #: it states, and how many of the next polls are told `slow_down` (a server under load).
+    device_code_lifetime: float = 1800.0
+    device_poll_interval: float = 1.0
+    device_slow_down: int = 0
 
 
 @dataclass
@@ -77,6 +83,8 @@ class Stats:
     parts_received: int = 0
     upload_bytes: int = 0
     store_ranges: list[str] = field(default_factory=list)
+    #: What each device-flow token poll was answered: authorization_pending, slow_down, access_token...
+    token_polls: list[str] = field(default_factory=list)
 
 
 class World:
@@ -133,6 +141,12 @@ class World:
                 self.stats.injected_failures += 1
                 return failure
         return None
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """An urlencoded body's fields (OAuth's requests): parsed here, as starlette's own form parser
+    needs python-multipart for every kind of form."""
+    return dict(parse_qsl((await request.body()).decode(errors="replace"), keep_blank_values=True))
 
 
 # -- the object store --------------------------------------------------------------------------

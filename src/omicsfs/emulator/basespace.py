@@ -21,22 +21,40 @@ V2 (seed 001), where the emulator derives the V2 view from the V1 account as Bas
   (root is /) and, with `includesubdirectories=true`, the `SubDirectories` below it, as objects
   `{"Name", "Path"}` (the reference leaves their shape open).
 - `users/current` (V1) carries `StorageStatistics`.
+
+OAuth device flow (seed 002, `omicsfs login`), for the one app the emulator knows (`CLIENT_ID`,
+`CLIENT_SECRET`): `POST oauthv2/deviceauthorization` answers the seed's fields; `POST oauthv2/token`
+(`code` = the device code, `grant_type=device`, the client's credentials in the body or a Basic
+header) answers RFC 8628's `authorization_pending`, `slow_down` (a poll sooner than the interval,
+or one the `device_slow_down` knob forces; each adds 5 s to the interval the code then needs),
+`access_denied`, `expired_token`, or the account's token once the user approved. The
+verification page `/basespace/oauth/device` shows a form; posting `user_code` with
+`action=approve|deny` is what a user's click does, and what tests do.
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import hashlib
+import html
+import math
+import secrets
+import time
+from dataclasses import dataclass
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from omicsfs.emulator import World
+from omicsfs.emulator import World, form_fields
 from omicsfs.emulator import sampledata
 
 PREFIX = "/basespace"
 API = "v1pre3"
+#: The BaseSpace app the emulator has registered: what a site's table gives `omicsfs login`.
+CLIENT_ID = "omicsfs-emulator-app"
+CLIENT_SECRET = "omicsfs-emulator-app-secret"
 
 
 def envelope(response: dict, status: int = 200, message: str | None = None) -> JSONResponse:
@@ -472,6 +490,110 @@ def routes(world: World) -> list[Route]:
         Route(f"{base}/runs/{{eid}}/files", files_of(account.runs, "Run", compact=True)),
         Route(f"{base}/files/{{fid}}", file),
         Route(f"{base}/files/{{fid}}/content", content),
+        *oauth_routes(world),
+    ]
+
+
+# -- OAuth device flow -----------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceCode:
+    user_code: str
+    expires_at: float
+    interval: float
+    state: str = "pending"  # approved, denied
+    last_poll: float = -math.inf
+
+
+def oauth_error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+
+
+def oauth_routes(world: World) -> list[Route]:
+    codes: dict[str, DeviceCode] = {}  # device code → its state
+
+    def by_user_code(user_code: str) -> DeviceCode | None:
+        return next((code for code in codes.values() if code.user_code == user_code.strip().lower()), None)
+
+    async def device_authorization(request: Request) -> Response:
+        world.stats.api_requests += 1
+        form = await form_fields(request)
+        if form.get("client_id") != CLIENT_ID:
+            return oauth_error(400, "invalid_client", "Unknown client_id")
+        if form.get("response_type") != "device_code":
+            return oauth_error(400, "unsupported_response_type", "response_type must be device_code")
+        device_code, user_code = secrets.token_hex(16), secrets.token_hex(3)[:5]
+        lifetime, interval = world.knobs.device_code_lifetime, world.knobs.device_poll_interval
+        codes[device_code] = DeviceCode(user_code, time.time() + lifetime, interval)
+        page = str(request.base_url).rstrip("/") + PREFIX + "/oauth/device"
+        return JSONResponse({"verification_uri": page, "verification_with_code_uri": f"{page}?code={user_code}",
+                             "user_code": user_code, "expires_in": lifetime, "device_code": device_code, "interval": interval})
+
+    def client_credentials(request: Request, form) -> tuple[str | None, str | None]:
+        """From a Basic header or the body (the seed: either, not both)."""
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("basic "):
+            client_id, _, secret = base64.b64decode(header[6:]).decode(errors="replace").partition(":")
+            return client_id, secret
+        return form.get("client_id"), form.get("client_secret")
+
+    def poll(code: DeviceCode, now: float) -> str:
+        if now > code.expires_at:
+            return "expired_token"
+        too_soon = now - code.last_poll < code.interval - 0.05  # the client's own clock may differ a little
+        if world.knobs.device_slow_down > 0 or too_soon:
+            world.knobs.device_slow_down = max(0, world.knobs.device_slow_down - 1)
+            code.interval += 5
+            return "slow_down"
+        return {"pending": "authorization_pending", "approved": "access_token", "denied": "access_denied"}[code.state]
+
+    async def token(request: Request) -> Response:
+        world.stats.api_requests += 1
+        form = await form_fields(request)
+        if client_credentials(request, form) != (CLIENT_ID, CLIENT_SECRET):
+            return oauth_error(401, "invalid_client", "Client authentication failed")
+        if form.get("grant_type") != "device":
+            return oauth_error(400, "unsupported_grant_type", "This emulator grants device codes only")
+        device_code = form.get("code", "")
+        code = codes.get(device_code)
+        if code is None:
+            return oauth_error(400, "invalid_grant", "Unknown or used device code")
+        now = time.time()
+        outcome = poll(code, now)
+        code.last_poll = now
+        world.stats.token_polls.append(outcome)
+        if outcome in ("access_token", "access_denied", "expired_token"):
+            del codes[device_code]
+        if outcome == "access_token":
+            return JSONResponse({"access_token": world.token})
+        descriptions = {
+            "authorization_pending": "The user has not yet approved the access request",
+            "slow_down": "Polling too fast: wait longer between requests",
+            "access_denied": "The user denied the access request",
+            "expired_token": "The device code has expired",
+        }
+        return oauth_error(400, outcome, descriptions[outcome])
+
+    async def verification_page(request: Request) -> Response:
+        if request.method == "GET":
+            user_code = html.escape(request.query_params.get("code", ""))
+            return HTMLResponse(
+                "<!doctype html><title>BaseSpace (emulator): approve a device</title>"
+                f"<form method=post><label>Code <input name=user_code value='{user_code}'></label>"
+                "<button name=action value=approve>Approve</button><button name=action value=deny>Deny</button></form>"
+            )
+        form = await form_fields(request)
+        code = by_user_code(str(form.get("user_code", "")))
+        if code is None or time.time() > code.expires_at:
+            return HTMLResponse("<!doctype html><p>Unknown or expired code.</p>", status_code=404)
+        code.state = "approved" if form.get("action") == "approve" else "denied"
+        return HTMLResponse(f"<!doctype html><p>omicsfs was {html.escape(code.state)}. You may close this page.</p>")
+
+    return [
+        Route(f"/{API}/oauthv2/deviceauthorization", device_authorization, methods=["POST"]),
+        Route(f"/{API}/oauthv2/token", token, methods=["POST"]),
+        Route("/oauth/device", verification_page, methods=["GET", "POST"]),
     ]
 
 

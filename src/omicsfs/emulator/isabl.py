@@ -6,7 +6,9 @@
   `system_id` for individuals, samples and experiments (isabl_cli `get_instance`).
 - `Authorization: Token <key>` (DRF TokenAuthentication; the key comes from `rest-auth/login/`);
   anything else gets 401 `{"detail": ...}` with `WWW-Authenticate: Token`, as DRF answers.
-  `rest-auth/user/` gives the user (isabl_cli checks its token with it).
+  `rest-auth/user/` gives the user (isabl_cli checks its token with it). `rest-auth/login/` takes
+  the user's `username` and `password` (`PASSWORD`; JSON or a form) and answers `{"key": token}`,
+  or 400 `{"non_field_errors": [...]}` as dj-rest-auth does.
 - Lists: DRF `LimitOffsetPagination`: `{"count", "next", "previous", "results"}`, `next` and
   `previous` absolute URLs; `limit` (default 100) is further capped by `knobs.page_cap`.
   `ordering` sorts by a field (unknown fields are dropped, as DRF's OrderingFilter does).
@@ -44,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from omicsfs.emulator import World, file_response, parse_range, sampledata
+from omicsfs.emulator import World, file_response, form_fields, parse_range, sampledata
 
 PREFIX = "/isabl"
 API = "/api/v1"
@@ -52,6 +54,8 @@ GENERATOR_VERSION = 1
 #: The emulated installation's BASE_STORAGE_DIRECTORY (isabl_cli settings).
 STORAGE_ROOT = "/data/isabl"
 DEFAULT_LIMIT = 100
+#: The emulated user's password (the username is the installation's, `analyst`).
+PASSWORD = "omicsfs-demo-password"
 ENDPOINTS = ("projects", "individuals", "samples", "experiments", "analyses")
 #: Query parameters that are not filters (seed: every list's own parameters; isabl_cli adds `format`).
 RESERVED = {"limit", "offset", "ordering", "search", "count_limit", "fields", "format"}
@@ -521,6 +525,18 @@ def routes(world: World) -> list[Route]:
     def current_user(request: Request) -> Response:
         return JSONResponse(installation.user)
 
+    async def log_in(request: Request) -> Response:
+        world.stats.api_requests += 1
+        if request.headers.get("content-type", "").startswith("application/json"):
+            credentials = await request.json()
+        else:
+            credentials = await form_fields(request)
+        if not isinstance(credentials, dict) or (credentials.get("username"), credentials.get("password")) != (
+            installation.user["username"], PASSWORD
+        ):
+            return JSONResponse({"non_field_errors": ["Unable to log in with provided credentials."]}, status_code=400)
+        return JSONResponse({"key": world.token})
+
     def result_file(request: Request, identifier: str) -> tuple[Path, str] | Response:
         """The file behind `?result=KEY` of an analysis, or the error the API answers."""
         pk = find("analyses", identifier)
@@ -596,6 +612,7 @@ def routes(world: World) -> list[Route]:
         return [Route(API + path + "/", endpoint, **kwargs), Route(API + path, append_slash, **kwargs)]
 
     table = both("/rest-auth/user", current_user)
+    table += both("/rest-auth/login", log_in, methods=["POST"])
     table += both("/analyses/{identifier}/stream", stream, methods=["GET"])
     table += both("/analyses/{identifier}/download", download, methods=["GET", "HEAD"])
     for endpoint in ENDPOINTS:

@@ -36,8 +36,9 @@ from collections.abc import AsyncIterator
 from urllib.parse import urljoin
 
 from omicsfs.dates import parse_timestamp
-from omicsfs.errors import AccessDenied, NotFound, PlatformError
+from omicsfs.errors import AccessDenied, ConfigError, NotFound, PlatformError
 from omicsfs.http import PresignedURLs
+from omicsfs.oauth import device_flow
 from omicsfs.platform import Entry, Platform, SpaceUsage, gather
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ API_V2 = "v2/"
 #: The seed's caps: 1024 items a page, 1000 for file lists (V2 states none: 1000 is asked there too).
 PAGE_LIMIT = 1024
 FILE_PAGE_LIMIT = 1000
+#: What `omicsfs login` asks BaseSpace to grant: browsing and reading all the user's data (the mount reads).
+LOGIN_SCOPE = "BROWSE GLOBAL, READ GLOBAL"
 _UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
 
 
@@ -65,6 +68,8 @@ class BaseSpace(Platform):
     title = "BaseSpace"
     token_name = "access token"
     auth_header = ("x-access-token", "{}")
+    #: `omicsfs login`'s device flow: the app each site registers with BaseSpace, and what it asks for.
+    optional_settings = {"client_id": str, "client_secret": str, "scope": str}
 
     def __init__(self, name, settings, http):
         super().__init__(name, settings, http)
@@ -140,6 +145,24 @@ class BaseSpace(Platform):
             log.warning("%s: the V2 API did not answer (%s): Datasets, AppSessions and BioSamples are not shown", self.name, exc)
             return False
         return True
+
+    async def login(self, prompt) -> str:
+        """The OAuth device flow of the reference (seed 002: `oauthv2/deviceauthorization`, then
+        `oauthv2/token` with the device code as `code` and `grant_type=device`), through the app the
+        site registered: its `client_id` and `client_secret` are in the table."""
+        missing = [key for key in ("client_id", "client_secret") if not self.settings.get(key)]
+        if missing:
+            raise ConfigError(f"[platforms.{self.name}]: omicsfs login signs in through your site's BaseSpace app: "
+                              f"set {' and '.join(missing)} (the app's credentials in the BaseSpace developer portal)")
+        client = {"client_id": self.settings["client_id"]}
+        return await device_flow(
+            self.http, prompt, what=f"{self.name}: BaseSpace login",
+            authorize_url=self._url("oauthv2/deviceauthorization"),
+            authorize_form={**client, "response_type": "device_code", "scope": self.settings.get("scope", LOGIN_SCOPE)},
+            token_url=self._url("oauthv2/token"),
+            token_form=lambda device_code: {**client, "client_secret": self.settings["client_secret"], "code": device_code,
+                                            "grant_type": "device"},
+        )
 
     # -- the tree --------------------------------------------------------------------------
 

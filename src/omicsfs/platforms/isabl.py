@@ -116,6 +116,25 @@ class Isabl(Platform):
         if not isinstance(user, dict) or "username" not in user:
             raise PlatformError(f"{self.name}: {self._url('rest-auth/user')} did not name a user: is `url` an Isabl API?")
 
+    async def login(self, prompt) -> str:
+        """The API token from a username and password (seed: `rest-auth/login/` answers `{"key"}`, as
+        isabl_cli logs in); an empty username asks for the token itself."""
+        username = prompt.ask(f"Isabl username for [platforms.{self.name}] (empty to give an API token instead): ")
+        if not username:
+            return await super().login(prompt)
+        password = prompt.secret("Password (typing is not shown): ")
+        response = await self.http.request(
+            "POST", self._url("rest-auth/login/"), what=f"{self.name}: Isabl login", json_body={"username": username, "password": password},
+            headers={"Accept": "application/json"}, ok=lambda status: status < 400 or status in (400, 401, 403),
+        )
+        body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        if response.status_code >= 400 or not isinstance(body, dict) or not body.get("key"):
+            reasons = body.get("non_field_errors") or body.get("detail") if isinstance(body, dict) else None
+            reason = " ".join(reasons) if isinstance(reasons, list) else str(reasons or f"HTTP {response.status_code}")
+            raise AccessDenied(f"{self.name}: Isabl at {self.settings['url']} refused the login of {username}: {reason}",
+                               status=response.status_code)
+        return str(body["key"])
+
     # -- the tree --------------------------------------------------------------------------
 
     async def list_dir(self, entry: Entry) -> list[Entry]:

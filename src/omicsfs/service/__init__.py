@@ -1,2 +1,3 @@
-"""What a running daemon shows and answers besides the file system: the control socket through
-which `omicsfs` commands reach it, and the service manager's notifications."""
+"""Running omicsfs as a service: the control socket through which `omicsfs` commands reach a
+running daemon, systemd's notify protocol, the journal, the fstab helper. The mount itself knows
+nothing of them beyond a few calls."""
