@@ -237,7 +237,11 @@ async def test_complete_repeated_after_its_answer_was_lost(platform, server):
     # The upload is gone once complete: a retry (or a restart) finds the file it made.
     again = await platform.complete_upload(handle, parts, 5)
     assert again.uid == entry.uid and again.size == 5
-    assert server.stats()["uploads_completed"] == 1
+    # An empty file too (its one empty part is sent by the first complete).
+    handle = await platform.begin_upload(folder, "empty.txt", 0, None)
+    empty = await platform.complete_upload(handle, [], 0)
+    assert (await platform.complete_upload(handle, [], 0)).uid == empty.uid
+    assert server.stats()["uploads_completed"] == 2
 
 
 async def test_an_upload_resumes_from_its_handle_after_a_restart(platform, server, monkeypatch):

@@ -418,10 +418,10 @@ class SevenBridges(Platform):
     async def complete_upload(self, handle: dict, parts: list[tuple[int, str]], size: int) -> Entry:
         upload_id = handle["upload_id"]
         what = f"{self.name}: upload of {handle['name']}"
-        if not parts and size == 0:  # an empty file is one empty part, as the public clients send it
-            parts = [(1, await self.upload_part(handle, 1, EMPTY_PART))]
-        reports = [{"part_number": number, "response": {"headers": {"ETag": etag}}} for number, etag in parts]
         try:
+            if not parts and size == 0:  # an empty file is one empty part, as the public clients send it
+                parts = [(1, await self.upload_part(handle, 1, EMPTY_PART))]
+            reports = [{"part_number": number, "response": {"headers": {"ETag": etag}}} for number, etag in parts]
             item = await self._change("POST", f"upload/multipart/{upload_id}/complete", what=f"{what} complete",
                                       json_body={"parts": reports})
         except NotFound:
@@ -443,7 +443,7 @@ class SevenBridges(Platform):
             return None
         begun = parse_timestamp(handle.get("initiated"))
         for item in items:
-            if item.get("type") == "file" and item.get("name") == handle["name"] and int(item.get("size") or -1) == size:
+            if item.get("type") == "file" and item.get("name") == handle["name"] and item.get("size") == size:
                 if begun and parse_timestamp(item.get("created_on")) >= begun:
                     return self._file_or_folder(item, writable=True)
         return None
