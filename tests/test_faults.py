@@ -246,3 +246,17 @@ def test_a_signal_during_the_unmount_lets_it_finish(mount, fresh_emulator):
     assert not is_mounted(mounted.path)
     log = mounted.log.read_text()
     assert "SIGTERM: unmounting" in log and "unmounted " in log
+
+
+def test_a_mount_point_left_dead_by_kill_9_is_mounted_again(mount, fresh_emulator, tmp_path):
+    mounted = mount()
+    os.listdir(mounted.path / "basespace")  # the kernel caches the mount point's attributes
+    pid = mounted.daemon_pid()
+    os.kill(pid, signal.SIGKILL)
+    assert gone(pid)
+    config = next(tmp_path.glob("config*.toml"))
+    again = subprocess.run([*OMICSFS, "mount", str(mounted.path), "--config", str(config), "--cache-dir",
+                            str(tmp_path / "cache-again"), "--log-file", str(mounted.log)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert sorted(os.listdir(mounted.path / "basespace")) == ["BioSamples", "Projects", "Runs"]
+    assert "a previous mount died; unmounting it" in mounted.log.read_text()

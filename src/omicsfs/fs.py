@@ -617,13 +617,11 @@ class Filesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if not entry.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        child = self._child(parent, text, entry)
-        try:
-            inside = [name for name, _, _ in await self._children(child) if name not in META_FILES]
-        finally:
-            if not child.lookups:
-                self._drop(child)
-        if inside:
+        if "delete" in entry.allows:  # the platform knows what empty means for its entities
+            await self._delete(parent, text, entry)
+            return
+        child = Node(0, entry, parent.platform, self._path(parent, text))  # not in the table
+        if [name for name, _, _ in await self._children(child) if name not in META_FILES]:
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         if entry.children is not None and self.listings.remove_created(self._place(parent), text) is not None:
             log.info("%s: directory removed (it existed only in the mount)", self._path(parent, text))
@@ -727,4 +725,8 @@ class Filesystem(pyfuse3.Operations):
             node = Node(0, entry, self._platform_of(node, part), self._path(node, part))
         if node.platform is None or action not in node.platform.actions:
             raise PlatformError(f"{path or '/'}: {action} is not something this platform does", errno_=errno.EINVAL)
-        return await node.platform.perform(action, entry)
+        done = await node.platform.perform(action, entry)
+        # An act changes what entries allow (a completed app result takes no more files): the
+        # platform's listings are asked again.
+        self.listings.invalidate_platform(node.platform.name)
+        return done

@@ -144,18 +144,37 @@ class _Retry(Exception):
         self.delay = delay
 
 
+@dataclass
+class RequestStats:
+    """What one platform's requests came to, for `omicsfs status`."""
+
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    bytes_received: int = 0
+    last_error: str = ""
+
+
 class Http:
     """Requests with retries on connection errors, timeouts, cut bodies, 5xx and 429.
 
     One policy for every request omicsfs makes, API call or store read: a failure of the transport
     anywhere in the exchange (before the headers, or in the middle of a body) and a retryable
     status are tried again with backoff up to `retry.attempts` times, then reported with what the
-    request was for and the last cause.
+    request was for and the last cause. Each platform has its own `Http` (one shared client
+    underneath), so that its `stats` are its own.
     """
 
     def __init__(self, client: httpx.AsyncClient, retry: RetryPolicy = RetryPolicy()):
         self.client = client
         self.retry = retry
+        self.stats = RequestStats()
+
+    def _failed(self, error: PlatformError) -> PlatformError:
+        self.stats.errors += 1
+        self.stats.last_error = str(error)
+        return error
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[R]]) -> R:
         """`attempt()` until it returns, retrying whatever it raises as `_Retry`."""
@@ -167,11 +186,12 @@ class Http:
                 cause = failure.cause
                 delay = self.retry.backoff(number) if failure.delay is None else failure.delay
                 if delay > self.retry.max_delay * 3:
-                    raise PlatformError(f"{what}: {cause}; the server asks to wait {delay:.0f} s, giving up") from None
+                    raise self._failed(PlatformError(f"{what}: {cause}; the server asks to wait {delay:.0f} s, giving up")) from None
             if number + 1 < self.retry.attempts:
+                self.stats.retries += 1
                 log.warning("%s: %s; retry %d/%d in %.1f s", what, cause, number + 1, self.retry.attempts - 1, delay)
                 await trio.sleep(delay)
-        raise PlatformError(f"{what}: gave up after {self.retry.attempts} attempts; last: {cause}")
+        raise self._failed(PlatformError(f"{what}: gave up after {self.retry.attempts} attempts; last: {cause}"))
 
     async def _send(
         self,
@@ -200,6 +220,7 @@ class Http:
         follow = method in ("GET", "HEAD") if follow_redirects is None else follow_redirects
         for _ in range(MAX_REDIRECTS + 1):
             started = time.monotonic()
+            self.stats.requests += 1
             try:
                 response = await self.client.send(request, stream=True, auth=auth if _origin(request.url) == origin else None)
             except RETRY_EXCEPTIONS as exc:
@@ -234,8 +255,10 @@ class Http:
         if response.is_redirect:
             reason += f" (to {redact_url(response.request.url.join(response.headers['location']))}, not followed)"
         reason += error_detail(response)
+        if status == 429:
+            self.stats.rate_limited += 1
         if status not in RETRY_STATUSES:
-            raise error_for_status(status, f"{what}: {reason}")
+            raise self._failed(error_for_status(status, f"{what}: {reason}"))
         asked = server_delay(response)
         raise _Retry(reason, None if asked is None else asked + self.retry.rng.uniform(0, 0.1))
 
@@ -282,6 +305,7 @@ class Http:
             raise _Retry(f"{type(exc).__name__} reading the answer to {method} {redact_url(url)}") from None
         finally:
             await response.aclose()
+        self.stats.bytes_received += len(response.content)
         return response
 
     async def json(self, method: str, url: str, *, what: str, **options) -> tuple[httpx.Response, object]:
@@ -343,6 +367,7 @@ class Http:
                         if chunk:
                             position += len(chunk)
                             received += len(chunk)
+                            self.stats.bytes_received += len(chunk)
                             if position >= end:
                                 # Before the last yield (a consumer may stop there): the body read
                                 # to its end hands the connection back to the pool for the next
@@ -359,7 +384,8 @@ class Http:
                 failures += 1
                 cause = f"{type(exc).__name__} after {received} bytes of GET {redact_url(url)}"
                 if failures >= self.retry.attempts:
-                    raise PlatformError(f"{what}: gave up after {failures} attempts; last: {cause}") from None
+                    raise self._failed(PlatformError(f"{what}: gave up after {failures} attempts; last: {cause}")) from None
+                self.stats.retries += 1
                 delay = self.retry.backoff(failures - 1)
                 log.warning("%s: %s; resuming at byte %d in %.1f s", what, cause, position, delay)
                 await trio.sleep(delay)

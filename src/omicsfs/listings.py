@@ -68,6 +68,10 @@ class Listings:
     def invalidate(self, place: Place) -> None:
         self._cache.pop(place, None)
 
+    def invalidate_platform(self, platform: str) -> None:
+        for place in [place for place in self._cache if place[0] == platform]:
+            self._cache.pop(place, None)
+
     # -- what this mount created ------------------------------------------------------------
 
     def add_created(self, place: Place, name: str, entry: Entry, *, local: bool = False) -> None:

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pyfuse3
 import trio
 
@@ -112,7 +113,9 @@ def prepare_mountpoint(mountpoint: Path, allow_other: bool = False) -> None:
         raise OmicsfsError(f"allow_other: only root may use it unless {FUSE_CONF} has a line user_allow_other "
                            f"(as root: echo user_allow_other >> {FUSE_CONF})")
     try:
-        os.stat(mountpoint)
+        # statvfs, not stat: the kernel answers a stat of a dead mount from its attribute cache,
+        # where statvfs reaches the daemon (ENOTCONN when it died).
+        os.statvfs(mountpoint)
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
             log.warning("%s: a previous mount died; unmounting it", mountpoint)
@@ -127,8 +130,9 @@ def prepare_mountpoint(mountpoint: Path, allow_other: bool = False) -> None:
         raise OmicsfsError(f"{mountpoint} is already a mount point (omicsfs unmount {mountpoint})")
 
 
-def build_platforms(config: Config, http: Http) -> dict[str, Platform]:
-    return {p.name: platform_class(p.kind)(p.name, p.settings, http) for p in config.platforms}
+def build_platforms(config: Config, client: httpx.AsyncClient) -> dict[str, Platform]:
+    """Every configured platform, each with an `Http` of its own (its own figures) on the shared client."""
+    return {p.name: platform_class(p.kind)(p.name, p.settings, Http(client)) for p in config.platforms}
 
 
 async def check_credentials(platforms: dict[str, Platform]) -> None:
@@ -215,7 +219,7 @@ class _Life:
 
 async def _serve(config: Config, mountpoint: Path, ready: Callable[[], None], life: _Life) -> None:
     async with new_client() as client:
-        platforms = build_platforms(config, Http(client))
+        platforms = build_platforms(config, client)
         notify.status(f"checking the tokens of {', '.join(platforms)}")
         await check_credentials(platforms)
         store = ObjectStore(config.cache_dir, config.cache_size)

@@ -278,7 +278,9 @@ class Platform(abc.ABC):
         raise NotImplementedError
 
     async def delete(self, entry: Entry) -> None:
-        """Delete a file or an empty directory (where its `allows` has "delete")."""
+        """Delete a file or an empty directory (where its `allows` has "delete"). What empty means
+        is the platform's (an app result's fixed `Files` folder does not count): a directory that
+        is not is refused with ENOTEMPTY."""
         raise PlatformError(f"{self.name}: {entry.name} cannot be deleted", errno_=errno.EPERM)
 
     async def rename(self, entry: Entry, new_parent: Entry, new_name: str) -> Entry:

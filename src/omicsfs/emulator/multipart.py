@@ -20,6 +20,7 @@ import itertools
 import shutil
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -85,21 +86,35 @@ class PartStore:
         key = f"upload:{upload_id}:{number}"
         return f"{base}/uploads/{upload_id}/{number}?X-Expires={expires}&X-Signature={self.world._signature(key, expires)}", expires
 
-    async def receive(self, request: Request, upload: Upload, number: int) -> Response:
-        """One part's PUT: the knobs' faults, the checks, the bytes to disk; answers its ETag."""
+    async def receive(
+        self,
+        request: Request,
+        upload: Upload,
+        number: int,
+        *,
+        answer: Callable[[int, str, int], Response] | None = None,
+        refuse: Callable[[int, str, str], Response] = _s3_error,
+    ) -> Response:
+        """One part's PUT: the knobs' faults, the checks, the bytes to disk; answers its ETag.
+
+        A platform whose parts go to its own API (BaseSpace) answers in its own envelope:
+        `answer(number, etag, size)` for an accepted part (S3's: the quoted ETag in a header) and
+        `refuse(status, code, message)` for a refused one (S3's: an XML error).
+        """
         world = self.world
         world.stats.part_requests += 1
         if not 1 <= number <= upload.max_parts:
-            return _s3_error(400, "InvalidArgument", f"Part number must be an integer between 1 and {upload.max_parts}")
+            await _drain(request)
+            return refuse(400, "InvalidArgument", f"Part number must be an integer between 1 and {upload.max_parts}")
         fault = _take_fault(world, number)
         if fault and fault.get("fault", "status") == "status":
             await _drain(request)
-            return _s3_error(int(fault.get("status", 500)), "InternalError", f"injected failure of part {number}")
+            return refuse(int(fault.get("status", 500)), "InternalError", f"injected failure of part {number}")
         if fault and fault["fault"] == "slow":
-            await anyio.sleep(float(fault.get("seconds", 2)))  # uvicorn runs asyncio
+            await anyio.sleep(float(fault.get("seconds", 2)))  # uvicorn runs the emulator on asyncio
             if upload.completed or upload.aborted:  # finished while this part slept
                 await _drain(request)
-                return _s3_error(404, "NoSuchUpload", "The specified upload does not exist.")
+                return refuse(404, "NoSuchUpload", "The specified upload does not exist.")
         digest = hashlib.md5()
         partial = upload.directory / f"{number}.{next(self._ids)}.partial"
         size = 0
@@ -115,14 +130,14 @@ class PartStore:
                     out.write(chunk)
         except UploadError as exc:
             partial.unlink(missing_ok=True)
-            return _s3_error(exc.status, exc.code, str(exc))
+            return refuse(exc.status, exc.code, str(exc))
         except (_Dropped, ClientDisconnect):
             partial.unlink(missing_ok=True)
             return DroppedConnection()
         expected = request.headers.get("content-md5")
         if expected is not None and expected.strip() != base64.b64encode(digest.digest()).decode():
             partial.unlink(missing_ok=True)
-            return _s3_error(400, "BadDigest", "The Content-MD5 you specified did not match what we received.")
+            return refuse(400, "BadDigest", "The Content-MD5 you specified did not match what we received.")
         etag = digest.hexdigest()
         if fault and fault["fault"] == "badetag":
             etag = hashlib.md5(etag.encode()).hexdigest()  # a store that got other bytes than were sent
@@ -130,6 +145,8 @@ class PartStore:
         upload.parts[number] = (etag, size)
         world.stats.parts_received += 1
         world.stats.upload_bytes += size
+        if answer is not None:
+            return answer(number, etag, size)
         return Response(status_code=200, headers={"ETag": f'"{etag}"'})
 
     def complete(self, upload: Upload, parts: list[tuple[int, str]], destination: Path) -> tuple[int, str]:
