@@ -753,7 +753,6 @@ def test_rm_and_rmdir_delete_and_a_refusal_stops_the_deletes_after_it(sbg_mount,
         (directory / "sub").mkdir(parents=True)
         for name in files:
             (directory / name).write_bytes(name.encode())
-    assert subprocess.run(["rmdir", str(doomed / "sub")], capture_output=True).returncode != 0  # not empty
     subprocess.run(["rm", *(str(doomed / name) for name in files)], check=True)
     subprocess.run(["rmdir", str(doomed / "sub"), str(doomed)], check=True)
     assert not doomed.exists()
@@ -771,3 +770,7 @@ def test_rm_and_rmdir_delete_and_a_refusal_stops_the_deletes_after_it(sbg_mount,
     remaining = sorted(str(path.relative_to(fresh / guarded.name)) for path in (fresh / guarded.name).rglob("*")
                        if path.name not in (".id", ".json"))
     assert remaining == ["a.txt", "b.txt", "sub", "sub/c.txt"]
+    # SBG deletes no folder that holds something.
+    with pytest.raises(OSError) as full:
+        os.rmdir(fresh / guarded.name / "sub")
+    assert full.value.errno == errno.ENOTEMPTY and names(fresh / guarded.name / "sub") == ["c.txt"]
