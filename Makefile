@@ -5,9 +5,10 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # fuse3: fusermount3 and the kernel interface; libfuse3-dev + pkg-config + gcc + python3-dev: to
-# build pyfuse3; samtools, tabix, rsync: the tools the tests run through the mount; attr: getfattr;
-# systemd: systemd-analyze, which the tests run over the unit files.
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv samtools tabix rsync attr curl systemd
+# build pyfuse3; samtools, tabix: the tools the tests run through the mount; attr: getfattr;
+# systemd: systemd-analyze, which the tests run over the unit files; rsync: `rsync --inplace` into
+# the mount (the write tests).
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv samtools tabix attr curl systemd rsync
 
 .PHONY: demo test bench deps venv clean
 
@@ -17,9 +18,11 @@ demo: deps venv
 test: deps venv
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
+# bench/ (see bench/README.md): nginx serves the store, rclone mount is a yardstick, strace
+# measures what samtools reads. `make bench BENCH_ARGS=--quick` for a smoke run.
+bench: APT_PACKAGES += nginx rclone strace
 bench: deps venv
-	@command -v rclone >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rclone
-	$(PYTHON) bench/bench_read.py
+	$(PYTHON) bench/bench_read.py $(BENCH_ARGS)
 
 deps:
 	@missing=""; for package in $(APT_PACKAGES); do \

@@ -671,3 +671,19 @@ def test_rm_rf_of_an_app_result_stops_at_the_first_refusal(bs_mount, bs):
     assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*.txt")) == ["a.txt", "b.txt", "sub/c.txt", "sub/d.txt"]
     result = run("rmdir", str(kept.parent), check=False)
     assert result.returncode != 0 and "Directory not empty" in result.stderr
+
+
+def test_a_file_read_back_after_its_upload_comes_from_the_cache(bs_mount, bs, tmp_path):
+    """`samtools index` right after `samtools sort -o`: what was just uploaded is not downloaded again."""
+    mounted, root = bs_mount()
+    files = new_place(root)
+    source = local_file(tmp_path, "readback.bam", 20 * MiB)
+    run("cp", str(source), str(files))
+    bs.reset_stats()
+    assert md5(files / "readback.bam") == md5(source)
+    assert bs.stats()["store_requests"] == 0
+    # And after a remount on the same cache directory.
+    cache_dir = next(mounted.path.parent.glob("cache*"))
+    _, again = bs_mount(cache_dir=cache_dir)
+    assert md5(again / (files / "readback.bam").relative_to(root)) == md5(source)
+    assert bs.stats()["store_requests"] == 0

@@ -772,3 +772,50 @@ async def test_no_expiry_warning_once_the_file_holds_a_fresh_token(autojump_cloc
         with trio.move_on_after(10 * 86400):
             await omicsfs.credentials.watch_expiry(token, "bugseq")
     assert caplog.records == []
+
+
+# -- paging ---------------------------------------------------------------------------------------
+
+
+async def test_all_pages_asks_the_pages_after_the_first_at_once():
+    from omicsfs.platform import all_pages
+
+    items = list(range(2345))
+    asked: list[int] = []
+    concurrent = [0, 0]
+
+    async def page(offset):
+        asked.append(offset)
+        concurrent[0] += 1
+        concurrent[1] = max(concurrent[1], concurrent[0])
+        await trio.sleep(0.01)
+        concurrent[0] -= 1
+        return items[offset : offset + 250], len(items)  # the server caps pages at 250
+
+    assert await all_pages(page) == items
+    assert sorted(asked) == list(range(0, 2345, 250))
+    assert concurrent[1] > 1
+
+
+async def test_all_pages_goes_on_one_page_at_a_time_after_a_short_page_or_without_a_total():
+    from omicsfs.platform import all_pages
+
+    items = list(range(1000))
+
+    async def uneven(offset):
+        size = 100 if offset != 300 else 50  # one short page in the middle
+        return items[offset : offset + size], len(items)
+
+    assert await all_pages(uneven) == items
+
+    async def no_total(offset):
+        return items[offset : offset + 300], None
+
+    assert await all_pages(no_total) == items
+
+
+def test_error_detail_of_an_object_store_xml_error():
+    body = b'<?xml version="1.0"?>\n<Error><Code>BadDigest</Code><Message>The Content-MD5 did not match.</Message></Error>'
+    response = httpx.Response(400, content=body, headers={"Content-Type": "application/xml"})
+    assert error_detail(response) == ": BadDigest: The Content-MD5 did not match."
+    assert error_detail(httpx.Response(403, content=b"<Error><Code>AccessDenied</Code></Error>")) == ": AccessDenied"

@@ -116,3 +116,36 @@ def test_vcf_tabix_query(generated):
         assert "##fileformat=VCFv4.2" in variants.header
         rows = list(variants.fetch("chr2", 0, 300_000))
         assert rows and all(row.startswith("chr2\t") for row in rows)
+
+
+def test_bench_extras_come_only_when_asked_and_leave_the_rest_alone(generated, tmp_path):
+    data_dir, account = generated
+    assert [a["Name"] for p in account["projects"] for a in p["appresults"]] == ["BWA Alignment S1", "Archive"]
+    extended = sampledata.generate(tmp_path, large_file_size=LARGE, deep_bam_size=250_000, wide_directory_files=25)
+    assert extended["generator"] == {"version": sampledata.GENERATOR_VERSION, "large_file_size": LARGE,
+                                     "deep_bam_size": 250_000, "wide_directory_files": 25}
+    # Every file of the default data is there with the same id and bytes.
+    before = {(c["Name"], f["Path"]): (f["Id"], f["Md5"]) for _, c, f in sampledata.iter_files(account)}
+    after = {(c["Name"], f["Path"]): (f["Id"], f["Md5"]) for _, c, f in sampledata.iter_files(extended)}
+    assert {key: after[key] for key in before} == before
+
+    appresults = {a["Name"]: a for p in extended["projects"] for a in p["appresults"]}
+    wide = appresults["Per-cell Counts"]["files"]
+    assert len(wide) == 25 and all("/" not in f["Path"] for f in wide)
+    assert len({f["Name"] for f in wide}) == 25
+
+    deep = {f["Path"]: f for f in appresults["Deep Alignment D1"]["files"]}
+    bam = sampledata.object_path(tmp_path, deep["Alignment/D1.bam"]["Id"])
+    bai = sampledata.object_path(tmp_path, deep["Alignment/D1.bam.bai"]["Id"])
+    # "About" the size asked: shallow reads overlap less and compress worse, so a small BAM comes out
+    # larger than asked (the bench's 230 MB comes within a few percent).
+    assert 250_000 / 2 < bam.stat().st_size < 3 * 250_000
+    with pysam.AlignmentFile(str(bam), "rb", index_filename=str(bai)) as alignments:
+        assert alignments.header.to_dict()["HD"]["SO"] == "coordinate"
+        positions = [(r.reference_id, r.reference_start) for r in alignments.fetch(until_eof=True)]
+        assert positions == sorted(positions)
+        names = [r.query_name for r in alignments.fetch(until_eof=True)]
+        assert all(names.count(name) == 2 for name in names[:200])  # every read has its mate
+        region = sum(1 for r in alignments.fetch("chr2", 700_000, 705_000))
+    on_the_contig = sum(1 for contig, start in positions if contig == 1 and 700_000 - 151 < start < 705_000)
+    assert region == on_the_contig > 0  # the index finds what a scan finds

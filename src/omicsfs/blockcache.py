@@ -188,6 +188,8 @@ class ObjectStore:
         #: the blocks allocated to its file, until it is opened).
         self._lru: OrderedDict[str, int] = OrderedDict()
         self._open: OrderedDict[str, CachedObject] = OrderedDict()
+        #: Objects being adopted (their index computed): a reader waits for them (`settled`).
+        self._adopting: dict[str, trio.Event] = {}
         for prefix in range(256):
             (self.directory / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
         self._load()
@@ -197,6 +199,8 @@ class ObjectStore:
         return f"{base}.data", f"{base}.index"
 
     def _load(self) -> None:
+        for leftover in self.directory.glob("*/*.adopting"):  # an adoption a crash cut short
+            leftover.unlink(missing_ok=True)
         found = []
         for index_path in self.directory.glob("*/*.index"):
             data_path = index_path.with_suffix(".data")
@@ -227,6 +231,48 @@ class ObjectStore:
         self._lru[obj.hex] = -1  # open: its bytes are counted through the object
         self._evict()
         return cached
+
+    def adopt(self, obj: ObjectRef, path: Path, nursery: trio.Nursery) -> bool:
+        """Take a file holding the whole object (a confirmed upload's staging file) as its cache:
+        moved, not copied, so that reading back what was just written fetches nothing. False
+        (the file left where it is) if the object is already in use."""
+        if obj.hex in self._open or obj.hex in self._adopting or os.path.getsize(path) != obj.size:
+            return False
+        adopting = self.directory / obj.hex[:2] / f"{obj.hex}.adopting"
+        os.replace(path, adopting)
+        self._adopting[obj.hex] = trio.Event()
+        nursery.start_soon(self._index_adopted, obj, adopting)
+        return True
+
+    async def settled(self, obj: ObjectRef) -> None:
+        """Return once `obj` is not being adopted (its reader then finds it whole)."""
+        adopting = self._adopting.get(obj.hex)
+        if adopting is not None:
+            await adopting.wait()
+
+    async def _index_adopted(self, obj: ObjectRef, adopting: Path) -> None:
+        def records() -> bytes:
+            with open(adopting, "rb") as file:
+                return b"".join(CachedObject.RECORD.pack(zlib.crc32(file.read(obj.block_length(index))), 1)
+                                for index in range(obj.block_count()))
+
+        try:
+            index = await trio.to_thread.run_sync(records)
+            if obj.hex in self._open:  # opened meanwhile by something else: that copy stays
+                adopting.unlink(missing_ok=True)
+                return
+            data_path, index_path = self.paths(obj)
+            with open(index_path, "wb") as file:
+                file.write(CachedObject.INDEX_HEADER.pack(CachedObject.MAGIC, obj.digest, obj.size) + index)
+            os.replace(adopting, data_path)
+            self.used += obj.block_count() * BLOCK_SIZE - max(0, self._lru.pop(obj.hex, 0))
+            self._lru[obj.hex] = obj.block_count() * BLOCK_SIZE
+            self._evict()
+        except OSError as exc:
+            log.warning("cache: could not keep %s as a cached copy: %s", obj.hex, exc)
+            adopting.unlink(missing_ok=True)
+        finally:
+            self._adopting.pop(obj.hex).set()
 
     def _close_some(self) -> None:
         for digest in list(self._open):

@@ -252,7 +252,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     from omicsfs.emulator.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.port, Path(args.data) if args.data else None, args.token or DEFAULT_TOKEN, parse_size(args.large_file_size), args.host)
+    serve(args.port, Path(args.data) if args.data else None, args.token or DEFAULT_TOKEN, parse_size(args.large_file_size), args.host,
+          parse_size(args.deep_bam_size), args.wide_directory)
     return 0
 
 
@@ -385,6 +386,8 @@ def parser() -> argparse.ArgumentParser:
     emulator.add_argument("--data", help="data directory (default ~/.cache/omicsfs/emulator-data)")
     emulator.add_argument("--token", default=None, help="the token the emulator accepts")
     emulator.add_argument("--large-file-size", default="1G", help="size of the sample account's large file")
+    emulator.add_argument("--deep-bam-size", default="0", help="add a deep coordinate-sorted BAM of about this size (bench/)")
+    emulator.add_argument("--wide-directory", type=int, default=0, metavar="N", help="add a directory of N files (bench/)")
     emulator.set_defaults(run=cmd_emulator)
     return top
 

@@ -22,6 +22,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import pyfuse3
@@ -45,6 +46,14 @@ WRITABLE = frozenset({"create", "mkdir"})
 STAGED_TTL = 1.0
 #: After a refused or failed delete, deletes are refused this long: `rm -rf` cannot sweep an account.
 DELETE_PAUSE = 5.0
+#: Files that index the file of the same name (S1.bam.bai, S1.bai, x.vcf.gz.tbi...): a reader of
+#: the one opens the other next, so both are made ready to read together.
+INDEX_SUFFIXES = (".bai", ".csi", ".tbi", ".crai", ".fai", ".gzi")
+
+
+def _companions(name: str) -> list[str]:
+    stem, dot, _ = name.rpartition(".")
+    return [name + suffix for suffix in INDEX_SUFFIXES] + ([stem + ".bai", stem + ".crai"] if dot else [])
 
 
 @dataclass(eq=False)
@@ -157,6 +166,7 @@ class Filesystem(pyfuse3.Operations):
         self.uploads = uploads
         if uploads is not None:
             uploads.on_confirmed = self._confirmed
+            uploads.adopt = self._adopt
         self.uid, self.gid = os.getuid(), os.getgid()
         #: The mount's root and the platforms' top directories show when the mount started.
         self.started = time.time()
@@ -366,6 +376,7 @@ class Filesystem(pyfuse3.Operations):
             node.upload.readers += 1
         elif node.entry.content is None:
             handle.reader = self._reader(node)
+            self.cache.nursery.start_soon(self._prepare, node)
         self._handles[fh] = handle
         # Files are immutable at one version (a new version is a new inode): keep the page cache.
         return pyfuse3.FileInfo(fh=fh, keep_cache=not node.staged)
@@ -381,6 +392,18 @@ class Filesystem(pyfuse3.Operations):
             else:
                 return handle.node.entry.content[off : off + size]
         return await handle.reader.read(off, size)
+
+    async def _prepare(self, node: Node) -> None:
+        """Resolve a file's (and its index's) download URL while its first read is on its way."""
+        entries = [node.entry]
+        listing = self.listings.cached((node.platform.name, node.parent.key)) if node.parent is not None else None
+        if listing is not None:
+            entries += [listing[name] for name in _companions(node.path.rsplit("/", 1)[-1]) if name in listing]
+        for entry in entries:
+            try:
+                await node.platform.prepare_read(entry)
+            except PlatformError as exc:  # the read itself will say what is wrong
+                log.debug("%s: could not prepare a read of %s: %s", node.path, entry.name, exc)
 
     def _reader(self, node: Node) -> FileReader:
         platform, entry, what = node.platform, node.entry, node.path
@@ -568,8 +591,15 @@ class Filesystem(pyfuse3.Operations):
         node = self._node(inode)
         if not node.staged:
             directory = self._directory_of(node)
-            self._refuse(directory, node.path, "changing attributes",
-                         "" if directory.entry.allows.isdisjoint(WRITABLE) else "only a file being written can change")
+            writable = not directory.entry.allows.isdisjoint(WRITABLE) or not node.entry.allows.isdisjoint(WRITABLE)
+            if writable and not fields.update_size:
+                # Times and modes where files are written (`cp -p`, `rsync -a` set them after the
+                # copy): platforms keep their own dates and no modes, so the call succeeds and
+                # changes nothing; `stat` shows the platform's date.
+                log.debug("%s: times or mode not kept (the platform keeps its own)", node.path)
+                return self.attributes(node)
+            self._refuse(directory if not node.entry.is_dir or not writable else node, node.path, "changing attributes",
+                         "" if not writable else "only a file being written can change size")
         upload = node.upload
         if fields.update_size:
             upload.staged.truncate(attr.st_size)
@@ -630,6 +660,8 @@ class Filesystem(pyfuse3.Operations):
 
     async def _delete(self, parent: Node, name: str, entry: Entry) -> None:
         path = self._path(parent, name)
+        if "delete" not in entry.allows and parent.entry.allows.isdisjoint(WRITABLE):
+            self._refuse(parent, path, "delete")  # a read-only place: EROFS, paused or not
         if time.monotonic() < self._deletes_paused_until:
             log.warning("%s: delete refused: deletes are paused for %.0f s after a refused delete", path, DELETE_PAUSE)
             raise pyfuse3.FUSEError(errno.EPERM)
@@ -710,6 +742,12 @@ class Filesystem(pyfuse3.Operations):
         node.entry, node.identity = entry, identity
         node.obj = ObjectRef.for_file(record.platform, entry.uid or repr(entry.key), entry.version, entry.size)
         self._inodes_by_identity[identity] = node.inode
+
+    def _adopt(self, upload: Upload, path: str) -> bool:
+        """A confirmed upload's bytes become the cached copy of the platform's new file."""
+        entry = upload.entry
+        obj = ObjectRef.for_file(upload.record.platform, entry.uid or repr(entry.key), entry.version, entry.size)
+        return self.cache.store.adopt(obj, Path(path), self.cache.nursery)
 
     # -- explicit acts (`omicsfs complete PATH`) -------------------------------------------------
 

@@ -99,12 +99,20 @@ def server_delay(response: httpx.Response) -> float | None:
     return None
 
 
+_S3_ERROR = re.compile(r"<Code>([^<]*)</Code>(?:.*?<Message>([^<]*)</Message>)?", re.S)
+
+
 def error_detail(response: httpx.Response) -> str:
-    """A short human-readable reason from an error body, whatever envelope the platform uses."""
+    """A short human-readable reason from an error body, whatever envelope the platform uses
+    (JSON envelopes, or an object store's XML `<Error><Code>`)."""
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError, httpx.ResponseNotRead):
-        return ""
+        try:
+            found = _S3_ERROR.search(response.text[:4096])
+        except (httpx.ResponseNotRead, UnicodeDecodeError):
+            return ""
+        return f": {found.group(1)}{': ' + found.group(2) if found.group(2) else ''}"[:202] if found else ""
     if isinstance(body, dict):
         for key in ("ResponseStatus", "ErrorMessage", "message", "Message", "detail", "error"):
             value = body.get(key)

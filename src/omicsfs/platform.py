@@ -60,6 +60,36 @@ async def gather(function: Callable[[A], Awaitable[R]], arguments: Iterable[A], 
     return results
 
 
+#: Fetches the page of a list at an offset: its items, and the list's total where the API says it.
+PageFetcher = Callable[[int], Awaitable[tuple[list, int | None]]]
+
+
+async def all_pages(fetch: PageFetcher) -> list:
+    """Every item of a list paged by offset, in order.
+
+    The first page tells the page size the server grants and the total; the other pages are then
+    asked at once (at most `CONCURRENCY`), where a client paging one after another pays a round
+    trip per page: 10,000 files in pages of 1,000 cost two round trips rather than ten. A page that
+    comes back short (the list changed, or the server caps pages unevenly) ends the parallel part:
+    the rest is asked one page at a time from what was received, as is a list with no total.
+    """
+    items, total = await fetch(0)
+    items = list(items)
+    if items and total is not None and len(items) < total:
+        size = len(items)
+        offsets = list(range(size, total, size))
+        for offset, (page, _) in zip(offsets, await gather(fetch, offsets)):
+            if len(items) != offset or not page:
+                break
+            items.extend(page)
+    while items and (total is None or len(items) < total):
+        page, total = await fetch(len(items))
+        if not page:
+            break
+        items.extend(page)
+    return items
+
+
 @dataclass(eq=False)
 class Entry:
     """One directory or file as a platform describes it.
@@ -224,6 +254,11 @@ class Platform(abc.ABC):
     @abc.abstractmethod
     def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
         """Yield the bytes [start, end) of a file, in order, as they arrive."""
+
+    async def prepare_read(self, entry: Entry) -> None:
+        """Get ready to read `entry` soon (resolve its download URL). The core calls it in the
+        background when a file is opened, and for the index files beside it, so that their first
+        reads do not wait for an API round trip each."""
 
     async def space_usage(self) -> SpaceUsage | None:
         """The account's quota and usage, where the platform tells them."""

@@ -57,15 +57,23 @@ class FileReader:
 
     def __init__(self, cache: BlockCache, obj: ObjectRef, source: Source, max_window: int):
         self.cache = cache
-        self.cached = cache.open(obj)
+        self.obj = obj
+        self.cached = None  # opened at the first read, once a copy being adopted is whole
+        self.closed = False
         self.source = source
         self.readahead = ReadAhead(max_window)
 
     async def read(self, offset: int, size: int) -> bytes:
+        if self.cached is None:
+            await self.cache.store.settled(self.obj)
+            if self.closed:
+                return b""
+            self.cached = self.cache.open(self.obj)
         ahead = self.readahead.advance(offset, size)
         return await self.cache.read(self.cached, self.source, offset, size, ahead=(ahead - 1) // BLOCK_SIZE)
 
     def close(self) -> None:
+        self.closed = True
         if self.cached is not None:
             self.cache.close(self.cached)
             self.cached = None

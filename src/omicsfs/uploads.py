@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from omicsfs.errors import PlatformError
+from omicsfs.errors import NotFound, PlatformError
 from omicsfs.listings import Place
 from omicsfs.platform import Entry, PartBody, PartRules, Platform
 from omicsfs.staging import Journal, Record, StagedFile, key_from_json, key_to_json
@@ -169,6 +169,9 @@ class Uploads:
         self.nursery = nursery
         self.write_back = write_back
         self.on_confirmed = on_confirmed
+        #: Offered a confirmed upload's staging file before it is deleted; True if it took it
+        #: (the block cache keeps it as the file's cached copy).
+        self.adopt: Callable[[Upload, str], bool] = lambda upload, path: False
         self._parts = trio.CapacityLimiter(PARALLEL_PARTS_TOTAL)
         self._active: dict[str, Upload] = {}
         #: Confirmed uploads into directories whose platform cannot list them: place -> name -> entry.
@@ -315,7 +318,15 @@ class Uploads:
             if missing:
                 raise PlatformError(f"{record.path}: parts {missing[:5]} were not accepted")
             parts = [(n, record.parts[str(n)]["etag"]) for n in range(1, count + 1)]
-            entry = await platform.complete_upload(record.handle, parts, size)
+            try:
+                entry = await platform.complete_upload(record.handle, parts, size)
+            except NotFound:
+                # The platform no longer knows this upload (an answer to a complete that was
+                # lost, a handle too old): never taken as done; the upload starts over.
+                log.warning("%s: the platform no longer knows this upload; starting it over", record.path)
+                await self._abandon(upload)
+                raise
+
         log.info("%s: uploaded %d bytes in %.1f s", record.path, size, time.monotonic() - started)
         upload.confirmed, upload.entry = generation, entry
         self._confirmed(upload, entry)
@@ -359,6 +370,13 @@ class Uploads:
             upload.staged.close()
             upload.staged = None
         self._active.pop(upload.record.id, None)
+        data = self.journal.data_path(upload.record.id)
+        if upload.entry is not None and data.exists():
+            try:
+                if self.adopt(upload, str(data)):
+                    log.debug("%s: its bytes are the cached copy now", upload.record.path)
+            except OSError as exc:
+                log.warning("%s: its bytes could not be kept in the cache (%s)", upload.record.path, exc)
         if upload.record.state == "done":
             self.journal.drop_data(upload.record)
         else:

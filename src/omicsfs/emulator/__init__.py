@@ -63,6 +63,9 @@ class Knobs:
     device_code_lifetime: float = 1800.0
     device_poll_interval: float = 1.0
     device_slow_down: int = 0
+    #: Where presigned URLs point: `<store_url>/<object id>?X-Expires=...`; None: this server's own
+    #: `/store`. bench/ points it at another server holding the same objects (`GET /_emulator/objects`).
+    store_url: str | None = None
 
 
 @dataclass
@@ -90,10 +93,13 @@ class Stats:
 class World:
     """The emulator's state: the data on disk, the knobs, the object store's signing key, the stats."""
 
-    def __init__(self, data_dir: Path, token: str = DEFAULT_TOKEN, large_file_size: int = 1 << 30):
+    def __init__(self, data_dir: Path, token: str = DEFAULT_TOKEN, large_file_size: int = 1 << 30,
+                 deep_bam_size: int = 0, wide_directory_files: int = 0):
         self.data_dir = Path(data_dir)
         self.initial_token = token
         self.large_file_size = large_file_size
+        self.deep_bam_size = deep_bam_size
+        self.wide_directory_files = wide_directory_files
         self.knobs = Knobs()
         self.stats = Stats()
         self._key = hashlib.sha256(b"omicsfs-emulator" + token.encode()).digest()
@@ -116,8 +122,8 @@ class World:
         """An absolute URL of the store for `object_id`, valid for `knobs.url_lifetime` seconds,
         and the expiry to state (which `knobs.url_expiry_skew` may push past the real one)."""
         expires = int(time.time() + self.knobs.url_lifetime)
-        base = str(request.base_url).rstrip("/")
-        url = f"{base}/store/{object_id}?X-Expires={expires}&X-Signature={self._signature(object_id, expires)}"
+        base = (self.knobs.store_url or f"{str(request.base_url).rstrip('/')}/store").rstrip("/")
+        url = f"{base}/{object_id}?X-Expires={expires}&X-Signature={self._signature(object_id, expires)}"
         return url, int(expires + self.knobs.url_expiry_skew)
 
     def verify(self, object_id: str, expires: str, signature: str) -> str | None:
@@ -236,6 +242,11 @@ async def reset_stats(request: Request) -> Response:
     return JSONResponse({})
 
 
+async def objects(request: Request) -> Response:
+    """Every object the store holds, id -> file: so that another server can serve the same bytes."""
+    return JSONResponse({object_id: str(path) for object_id, path in request.app.state.world.objects.items()})
+
+
 async def knobs(request: Request) -> Response:
     world: World = request.app.state.world
     if request.method == "POST":
@@ -290,6 +301,7 @@ def build_app(world: World) -> Starlette:
         Route("/_emulator/stats", get_stats),
         Route("/_emulator/stats/reset", reset_stats, methods=["POST"]),
         Route("/_emulator/knobs", knobs, methods=["GET", "POST"]),
+        Route("/_emulator/objects", objects),
     ]
     for module in platform_modules():
         routes.append(Mount(module.PREFIX, routes=module.routes(world)))

@@ -138,7 +138,7 @@ class Account:
 
     def __init__(self, world: World):
         directory = world.data_dir / "basespace"
-        self.data = sampledata.generate(directory, world.large_file_size)
+        self.data = sampledata.generate(directory, world.large_file_size, world.deep_bam_size, world.wide_directory_files)
         self.user = self.data["user"]
         self.projects = {p["Id"]: p for p in self.data["projects"]}
         self.samples = {s["Id"]: s for p in self.data["projects"] for s in p["samples"]}

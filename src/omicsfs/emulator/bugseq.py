@@ -1,4 +1,4 @@
-"""BugSeq API 0.1.0, as its OpenAPI page (seed 000) describes it, read side only.
+"""BugSeq API 0.1.0, as its OpenAPI page (seed 000) describes it: jobs and their results, and uploads.
 
 - `GET /v1/users/me` → `UserResponse`.
 - `GET /v1/jobs/` (trailing slash: the server is FastAPI, which answers `/v1/jobs` with a 307) with
@@ -18,6 +18,30 @@
 - 429s come from the shared failure injection: `rate_limit_failure()` builds one the way a FastAPI
   rate limiter sends it (`Retry-After` in seconds, a `detail` body).
 
+Uploads (the seed's `files` section; every body `additionalProperties: false`, checked as pydantic
+checks it: 422 `extra_forbidden`, `missing`, `string_type`, `int_type`, `json_invalid`):
+- `POST /v1/files/multipart/init` `{"filename", "s3_region"?}` → `{"id", "presigned_s3_data":
+  {"upload_id", "bucket", "key"}}`: an S3 multipart upload of the shared `multipart.PartStore` (S3's
+  rules: parts of 5 MiB..5 GiB but the last, numbered 1..10000, `Content-MD5` checked, ETag = MD5).
+- `POST /v1/files/multipart/chunk` `{"file_id", "upload_id", "part_number"}` → `{"id",
+  "presigned_s3_data": {"url", "method": "PUT", "headers": {}}}`: the store's presigned part URL,
+  which lives `knobs.part_url_lifetime` seconds. As boto3 presigns without asking S3, any part number
+  is presigned and the store refuses what S3 refuses (0 or above 10000, a finished upload).
+- `POST /v1/files/multipart/complete` `{"file_id", "upload_id", "parts": [{"PartNumber", "ETag"}]}` →
+  200 `null` (the seed describes no answer). Refused with 400 `{"detail": "<S3 code>: ..."}`: parts
+  not numbered 1..n without gaps, out of order, not uploaded or with another ETag, a part but the last
+  under 5 MiB; 404 once the upload is completed (as S3's NoSuchUpload).
+- `POST /v1/files/singlepart/init` `{"filename", "s3_region"?}` → `{"id", "presigned_s3_data": {"url",
+  "method": "PUT", "headers": {"Content-Type": "application/octet-stream"}}}`: one presigned PUT to the
+  emulated bucket (`PUT /bugseq/bucket/{file_id}`), whose signature covers that Content-Type, as an
+  S3 URL presigned with `ContentType` does (a PUT without it: 403 SignatureDoesNotMatch). The PUT is a
+  one-part upload of the `PartStore` (its checks, faults and stats), complete as soon as its part is;
+  a PUT again replaces the object, as on S3.
+- Both PUTs need a `Content-Length` (411 MissingContentLength otherwise, as S3 answers chunked PUTs).
+- There is no endpoint that lists, reads, deletes or aborts uploads. The control endpoint
+  `GET /bugseq/_emulator/uploads` shows tests every file the API was told of: `id`, `filename`,
+  `s3_region`, `kind`, `status` ("pending", "uploaded"), `size`, `md5` and `path` (its bytes on disk).
+
 Where the seed is silent (invented, and named here so nobody mistakes it for BugSeq's word): job ids
 are UUIDs; `job_status` values other than `created` (`running`, `success`, `failed`); `results_url`
 points at `app.bugseq.com`; `limit` is at most 100; output filenames may hold `/` (the public
@@ -34,11 +58,14 @@ an empty file's.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
 import shutil
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -46,8 +73,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from omicsfs.emulator import World
-from omicsfs.emulator import sampledata
+from omicsfs.emulator import World, _s3_error
+from omicsfs.emulator import multipart, sampledata
 
 PREFIX = "/bugseq"
 GENERATOR_VERSION = 1
@@ -453,4 +480,201 @@ def routes(world: World) -> list[Route]:
         Route("/v1/jobs/", list_jobs),
         Route("/v1/jobs/{job_id}/results", job_results),
         Route("/v1/jobs/{job_id}/results/download", download),
+        *Uploads(world, account, refused).routes(),
     ]
+
+
+# -- uploads ---------------------------------------------------------------------------------------
+
+#: The bucket BugSeq's presigned URLs name (invented).
+BUCKET = "bugseq-uploads"
+#: The Content-Type a single-part upload URL is presigned with: the PUT must send it.
+SINGLE_CONTENT_TYPE = "application/octet-stream"
+#: Request bodies (pydantic models with `extra="forbid"`): field → (type, required).
+FILE_CREATE = {"filename": ("str", True), "s3_region": ("str|null", False)}
+CHUNK = {"file_id": ("str", True), "upload_id": ("str", True), "part_number": ("int", True)}
+COMPLETE = {"file_id": ("str", True), "upload_id": ("str", True), "parts": ("any", True)}
+
+
+@dataclass
+class UploadedFile:
+    """A file the API was told of: `pending` until its bytes are all in the bucket."""
+
+    id: str
+    filename: str
+    s3_region: str | None
+    kind: str  # "singlepart" | "multipart"
+    upload_id: str
+    key: str
+    status: str = "pending"
+    size: int | None = None
+    md5: str | None = None
+
+
+class Uploads:
+    """BugSeq's `files` endpoints over the shared part store; uploaded bytes under `bugseq/uploaded/`."""
+
+    def __init__(self, world: World, account: Account, refused):
+        self.world = world
+        self.account = account
+        self.refused = refused
+        self.files: dict[str, UploadedFile] = {}
+        # The record of uploads lives in memory: bytes left by an earlier emulator belong to nobody.
+        self.directory = world.data_dir / "bugseq" / "uploaded"
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/files/singlepart/init", self.singlepart_init, methods=["POST"]),
+            Route("/v1/files/multipart/init", self.multipart_init, methods=["POST"]),
+            Route("/v1/files/multipart/chunk", self.chunk, methods=["POST"]),
+            Route("/v1/files/multipart/complete", self.complete, methods=["POST"]),
+            Route("/bucket/{file_id}", self.put_single, methods=["PUT"]),
+            Route("/_emulator/uploads", self.listing),
+        ]
+
+    def path(self, file: UploadedFile) -> Path:
+        return self.directory / file.id
+
+    async def _request(self, request: Request, schema: dict) -> tuple[dict | None, Response | None]:
+        """The checked body, or the answer refusing the request."""
+        if (denied := self.refused(request)) is not None:
+            return None, denied
+        body, errors = _checked_body(await request.body(), schema)
+        return (None, _invalid(errors)) if errors else (body, None)
+
+    def _new(self, body: dict, kind: str, upload_id: str) -> UploadedFile:
+        file_id = str(uuid.uuid4())
+        key = f"{self.account.user['id']}/{file_id}/{body['filename']}"
+        file = UploadedFile(file_id, body["filename"], body.get("s3_region"), kind, upload_id, key)
+        self.files[file_id] = file
+        return file
+
+    def _file(self, body: dict, kind: str) -> UploadedFile | Response:
+        """The file a chunk or complete request names, or the answer refusing it."""
+        file = self.files.get(body["file_id"])
+        if file is None:
+            return _detail(404, "File not found")
+        if file.kind != kind or body["upload_id"] != file.upload_id:
+            return _detail(400, "upload_id does not belong to this file")
+        return file
+
+    async def singlepart_init(self, request: Request) -> Response:
+        body, refusal = await self._request(request, FILE_CREATE)
+        if refusal:
+            return refusal
+        upload = self.world.parts.create(max_parts=1)
+        file = self._new(body, "singlepart", upload.upload_id)
+        expires = int(time.time() + self.world.knobs.part_url_lifetime)
+        signature = self.world._signature(_single_key(file.id, SINGLE_CONTENT_TYPE), expires)
+        url = f"{str(request.base_url).rstrip('/')}{PREFIX}/bucket/{file.id}?X-Expires={expires}&X-Signature={signature}"
+        presigned = {"url": url, "method": "PUT", "headers": {"Content-Type": SINGLE_CONTENT_TYPE}}
+        return JSONResponse({"id": file.id, "presigned_s3_data": presigned})
+
+    async def put_single(self, request: Request) -> Response:
+        """`PUT /bucket/{file_id}`: the presigned single-part upload, signed with its Content-Type."""
+        world = self.world
+        file_id = request.path_params["file_id"]
+        refused = world.verify(_single_key(file_id, request.headers.get("content-type", "")),
+                               request.query_params.get("X-Expires", ""), request.query_params.get("X-Signature", ""))
+        if refused:
+            await multipart._drain(request)
+            return _s3_error(403, "SignatureDoesNotMatch" if refused == "SignatureDoesNotMatch" else "AccessDenied", refused)
+        if "content-length" not in request.headers:
+            await multipart._drain(request)
+            return _s3_error(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
+        file = self.files[file_id]  # signed by singlepart_init, so known
+        upload = world.parts.get(file.upload_id)
+        if upload is None or upload.completed:  # a PUT again replaces the object
+            upload = world.parts.create(max_parts=1)
+            file.upload_id = upload.upload_id
+        answer = await world.parts.receive(request, upload, 1)
+        if 1 in upload.parts:  # the bytes are in: the object exists
+            file.size, file.md5 = world.parts.complete(upload, [(1, upload.parts[1][0])], self.path(file))
+            file.status = "uploaded"
+        return answer
+
+    async def multipart_init(self, request: Request) -> Response:
+        body, refusal = await self._request(request, FILE_CREATE)
+        if refusal:
+            return refusal
+        upload = self.world.parts.create()
+        file = self._new(body, "multipart", upload.upload_id)
+        presigned = {"upload_id": upload.upload_id, "bucket": BUCKET, "key": file.key}
+        return JSONResponse({"id": file.id, "presigned_s3_data": presigned})
+
+    async def chunk(self, request: Request) -> Response:
+        body, refusal = await self._request(request, CHUNK)
+        if refusal:
+            return refusal
+        file = self._file(body, "multipart")
+        if isinstance(file, Response):
+            return file
+        url, _ = self.world.parts.presign_part(request, file.upload_id, body["part_number"])
+        return JSONResponse({"id": file.id, "presigned_s3_data": {"url": url, "method": "PUT", "headers": {}}})
+
+    async def complete(self, request: Request) -> Response:
+        body, refusal = await self._request(request, COMPLETE)
+        if refusal:
+            return refusal
+        file = self._file(body, "multipart")
+        if isinstance(file, Response):
+            return file
+        parts = body["parts"]
+        if not isinstance(parts, list) or not all(_is_part(part) for part in parts):
+            return _detail(400, 'MalformedXML: parts must be a list of {"PartNumber": int, "ETag": str}')
+        numbers = [part["PartNumber"] for part in parts]
+        if sorted(numbers) != list(range(1, len(numbers) + 1)):
+            return _detail(400, "InvalidPart: parts must be numbered from 1 without gaps")
+        upload = self.world.parts.get(file.upload_id)
+        if upload is None:
+            return _detail(404, "NoSuchUpload: The specified upload does not exist.")
+        try:
+            file.size, file.md5 = self.world.parts.complete(upload, [(p["PartNumber"], p["ETag"]) for p in parts], self.path(file))
+        except multipart.UploadError as exc:
+            return _detail(exc.status, f"{exc.code}: {exc}")
+        file.status = "uploaded"
+        return JSONResponse(None)
+
+    async def listing(self, request: Request) -> Response:
+        """The control endpoint: every file the API was told of (no auth: it is the emulator's own)."""
+        files = [{**dataclasses.asdict(file), "path": str(self.path(file))} for file in self.files.values()]
+        return JSONResponse({"files": files})
+
+
+def _single_key(file_id: str, content_type: str) -> str:
+    """What a single-part upload URL's signature covers: the object and its signed Content-Type."""
+    return f"bugseq-single:{file_id}:{content_type}"
+
+
+def _is_part(part: object) -> bool:
+    return (isinstance(part, dict) and set(part) == {"PartNumber", "ETag"} and isinstance(part["ETag"], str)
+            and isinstance(part["PartNumber"], int) and not isinstance(part["PartNumber"], bool))
+
+
+def _checked_body(raw: bytes, schema: dict[str, tuple[str, bool]]) -> tuple[dict, list[dict]]:
+    """A JSON body checked against `schema` as pydantic checks a model with `extra="forbid"`:
+    the values (lax mode: an integer may come as a string of digits), and the errors."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        return {}, [{"type": "json_invalid", "loc": ["body", getattr(exc, "pos", 0)], "msg": "JSON decode error"}]
+    if not isinstance(data, dict):
+        return {}, [{"type": "model_attributes_type", "loc": ["body"],
+                     "msg": "Input should be a valid dictionary or object to extract fields from"}]
+    errors = [{"type": "extra_forbidden", "loc": ["body", name], "msg": "Extra inputs are not permitted"}
+              for name in data if name not in schema]
+    for name, (kind, required) in schema.items():
+        if name not in data:
+            if required:
+                errors.append({"type": "missing", "loc": ["body", name], "msg": "Field required"})
+            continue
+        value = data[name]
+        if kind == "int" and isinstance(value, str) and value.strip().isdigit():
+            data[name] = value = int(value)
+        if kind in ("str", "str|null") and not isinstance(value, str) and not (kind == "str|null" and value is None):
+            errors.append({"type": "string_type", "loc": ["body", name], "msg": "Input should be a valid string"})
+        if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+            errors.append({"type": "int_type", "loc": ["body", name], "msg": "Input should be a valid integer"})
+    return data, errors

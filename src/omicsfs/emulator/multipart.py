@@ -62,6 +62,7 @@ class PartStore:
     def __init__(self, world: World):
         self.world = world
         self.directory = world.data_dir / "uploads"
+        shutil.rmtree(self.directory, ignore_errors=True)  # an earlier run's unfinished parts
         self.uploads: dict[str, Upload] = {}
         self._ids = itertools.count(1)
 
@@ -225,6 +226,9 @@ async def store_part(request: Request) -> Response:
     if refused:
         await _drain(request)
         return _s3_error(403, "AccessDenied", refused)
+    if "content-length" not in request.headers:  # S3 takes no chunked PUT to a presigned URL
+        await _drain(request)
+        return _s3_error(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
     upload = store.get(upload_id)
     if upload is None:
         await _drain(request)

@@ -10,6 +10,11 @@ The account is built to exercise awkward cases: two projects with the same
 name, a project name with a slash, a run with more than 1000 files whose names
 repeat across folders, real BAM/VCF files with indexes for range reads, and
 one large file whose size the caller chooses.
+
+Two more items are made only when asked (bench/ asks; the tests' data has
+neither): a deep coordinate-sorted BAM of about `deep_bam_size` bytes with its
+index, for region queries on a BAM of realistic size, and an app result whose
+`wide_directory_files` files all sit in one directory, for listing it.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import hashlib
 import json
 import os
 import random
+import heapq
 import shutil
 import struct
+import subprocess
 import tempfile
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -53,6 +60,9 @@ _CONTIGS = (("chr1", 2_000_000), ("chr2", 1_500_000), ("chr3", 1_000_000))
 _READ_PAIRS = 36_000
 _VARIANTS = 3_000
 _ALIGNED_SAMPLE = "S1"
+_DEEP_SAMPLE = "D1"
+#: What a read pair of the deep BAM takes, compressed (measured): turns its asked size into pairs.
+_DEEP_BAM_BYTES_PER_PAIR = 100
 
 # (name, description, number of samples, creation day)
 _PROJECTS = (
@@ -65,16 +75,24 @@ _WGS_PROJECT = "Tumor-Normal WGS"
 _RESULTS_DAY = date(2023, 6, 2)  # when the WGS app results were produced
 
 
-def generate(data_dir: Path, large_file_size: int = 1 << 30) -> dict:
+def generate(data_dir: Path, large_file_size: int = 1 << 30, deep_bam_size: int = 0, wide_directory_files: int = 0) -> dict:
     """Create (or reuse, if data_dir/account.json exists and was made by the
-    same GENERATOR_VERSION and large_file_size) the sample account; return the
-    account dict."""
+    same GENERATOR_VERSION and sizes) the sample account; return the account
+    dict. `deep_bam_size` and `wide_directory_files` (0: none) add the
+    bench's deep BAM and wide directory."""
     data_dir = Path(data_dir)
     objects = data_dir / "objects"
     wanted = {"version": GENERATOR_VERSION, "large_file_size": large_file_size}
-    return generated(
-        data_dir / "account.json", wanted, objects, lambda workdir: _build(_Store(objects), large_file_size, workdir)
-    )
+    # In the stamp only when asked: the default data's stamp, and so its data dirs, stay valid.
+    if deep_bam_size:
+        wanted["deep_bam_size"] = deep_bam_size
+    if wide_directory_files:
+        wanted["wide_directory_files"] = wide_directory_files
+
+    def build(workdir: Path) -> dict:
+        return _build(_Store(objects), large_file_size, workdir, deep_bam_size, wide_directory_files)
+
+    return generated(data_dir / "account.json", wanted, objects, build)
 
 
 def generated(manifest: Path, stamp: object, files: Path, build: Callable[[Path], dict]) -> dict:
@@ -200,7 +218,7 @@ def _stamp(ticks: int, zulu: bool = False) -> str:
     return text + "Z" if zulu else text
 
 
-def _build(store: _Store, large_file_size: int, workdir: Path) -> dict:
+def _build(store: _Store, large_file_size: int, workdir: Path, deep_bam_size: int = 0, wide_directory_files: int = 0) -> dict:
     """Everything in account.json except the generator stamp."""
     projects = [_project(store, index, *spec) for index, spec in enumerate(_PROJECTS)]
     wgs = next(p for p in projects if p["Name"] == _WGS_PROJECT)
@@ -211,7 +229,13 @@ def _build(store: _Store, large_file_size: int, workdir: Path) -> dict:
     ]
     for appresult in wgs["appresults"]:
         appresult["appsession"] = _appsession(store, appresult)
-    return {"user": _user(), "projects": projects, "runs": [_run(store)]}
+    account = {"user": _user(), "projects": projects, "runs": [_run(store)]}
+    # Made last, so that every other id is the same with or without them.
+    if deep_bam_size:
+        wgs["appresults"].append(_deep_alignment_result(store, deep_bam_size, reference, workdir))
+    if wide_directory_files:
+        wgs["appresults"].append(_wide_result(store, wide_directory_files))
+    return account
 
 
 def _appsession(store: _Store, appresult: dict) -> dict:
@@ -489,6 +513,102 @@ def _archive_result(store: _Store, size: int) -> dict:
         "Status": "Complete",
         "DateCreated": _stamp(created, zulu=True),
         "files": [archive],
+    }
+
+
+def _deep_alignment_result(store: _Store, size: int, reference: dict, workdir: Path) -> dict:
+    """App result with a deep (about 150x at 230 MB) coordinate-sorted BAM of about `size` bytes and its index."""
+    rng = random.Random(f"alignment:{_DEEP_SAMPLE}")
+    result_id = store.new_id()
+    created = _on(_RESULTS_DAY, rng)
+    bam, bai = write_deep_bam(workdir, _DEEP_SAMPLE, reference, max(1, size // _DEEP_BAM_BYTES_PER_PAIR))
+    return {
+        "Id": result_id,
+        "Name": f"Deep Alignment {_DEEP_SAMPLE}",
+        "Description": f"Deep BWA-MEM alignment of {_DEEP_SAMPLE}",
+        "Status": "Complete",
+        "DateCreated": _stamp(created, zulu=True),
+        "files": [
+            store.add(path, _read_chunks(local), _later(created, rng, 7200), zulu=True)
+            for path, local in ((f"Alignment/{_DEEP_SAMPLE}.bam", bam), (f"Alignment/{_DEEP_SAMPLE}.bam.bai", bai))
+        ],
+    }
+
+
+def write_deep_bam(workdir: Path, sample: str, reference: dict, pairs: int) -> tuple[Path, Path]:
+    """A coordinate-sorted, indexed BAM of `pairs` read pairs drawn from the reference.
+
+    Millions of reads: written in coordinate order as SAM text into `samtools view` (no sort
+    pass, no Python object per read), the mates held in a heap until their position comes.
+    """
+    samtools = shutil.which("samtools")
+    if samtools is None:
+        raise RuntimeError("the deep BAM is written with samtools, which is not on PATH")
+    rng = random.Random(f"bam:{sample}")
+    total = sum(length for _, length in _CONTIGS)
+    bam = workdir / f"{sample}.bam"
+    bai = workdir / f"{sample}.bam.bai"
+    header = "".join([
+        "@HD\tVN:1.6\tSO:coordinate\n",
+        *(f"@SQ\tSN:{contig}\tLN:{length}\n" for contig, length in _CONTIGS),
+        f"@RG\tID:{sample}\tSM:{sample}\tPL:ILLUMINA\n",
+    ])
+    command = [samtools, "view", "--no-PG", "-b", "-@", str(os.cpu_count() or 1), "-o", str(bam), "-"]
+    with subprocess.Popen(command, stdin=subprocess.PIPE) as writer:
+        assert writer.stdin is not None
+        out = writer.stdin
+        out.write(header.encode())
+        for contig, length in _CONTIGS:
+            sequence = reference[contig]
+            lefts = sorted(rng.randrange(length - 1000) for _ in range(pairs * length // total))
+            mates: list[tuple[int, str]] = []
+            lines = []
+            for left in lefts:
+                while mates and mates[0][0] <= left:
+                    lines.append(heapq.heappop(mates)[1])
+                insert = max(_READ_LEN, round(rng.gauss(350, 50)))
+                right = left + insert - _READ_LEN
+                name = _cluster_name(rng)
+                first_forward = rng.random() < 0.5
+                for flag, start, mate, template in (
+                    (99 if first_forward else 163, left, right, insert),
+                    (147 if first_forward else 83, right, left, -insert),
+                ):
+                    bases, mismatches = _with_errors(rng, sequence[start : start + _READ_LEN])
+                    line = (f"{name}\t{flag}\t{contig}\t{start + 1}\t60\t{_READ_LEN}M\t=\t{mate + 1}\t{template}\t"
+                            f"{bases}\t{_quals(rng, _READ_LEN)}\tNM:i:{mismatches}\tRG:Z:{sample}\n")
+                    if start == left:
+                        lines.append(line)
+                    else:
+                        heapq.heappush(mates, (start, line))
+                if len(lines) >= 4096:
+                    out.write("".join(lines).encode())
+                    lines.clear()
+            lines += [line for _, line in sorted(mates)]
+            out.write("".join(lines).encode())
+        out.close()
+    if writer.returncode != 0:
+        raise RuntimeError(f"samtools view exited with status {writer.returncode} writing {bam}")
+    pysam.index(str(bam), str(bai))
+    return bam, bai
+
+
+def _wide_result(store: _Store, count: int) -> dict:
+    """App result whose `count` small files all sit in one directory: listing it takes many pages."""
+    rng = random.Random("wide")
+    result_id = store.new_id()
+    created = _on(_RESULTS_DAY, rng)
+    files = []
+    for number in range(1, count + 1):
+        counts = "".join(f"GENE{gene:04d}\t{rng.randint(0, 500)}\n" for gene in range(1, 9))
+        files.append(store.add(f"cell_{number:05d}.tsv", [counts.encode()], _later(created, rng, 3600), zulu=True))
+    return {
+        "Id": result_id,
+        "Name": "Per-cell Counts",
+        "Description": f"Expression counts, one file per cell ({count} cells)",
+        "Status": "Complete",
+        "DateCreated": _stamp(created, zulu=True),
+        "files": files,
     }
 
 

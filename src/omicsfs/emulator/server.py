@@ -27,9 +27,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def serve(port: int, data_dir: Path | None = None, token: str = DEFAULT_TOKEN, large_file_size: int = 1 << 30,
-          host: str = "127.0.0.1") -> None:
+          host: str = "127.0.0.1", deep_bam_size: int = 0, wide_directory_files: int = 0) -> None:
     """Generate (or reuse) the sample data, then serve until interrupted."""
-    world = World(data_dir or default_data_dir(), token, large_file_size)
+    world = World(data_dir or default_data_dir(), token, large_file_size, deep_bam_size, wide_directory_files)
     app = build_app(world)
     print(f"omicsfs emulator listening on http://{host}:{port} (token: {token}); data in {world.data_dir}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
@@ -39,13 +39,14 @@ class EmulatorProcess:
     """The emulator in a subprocess, with the control API at hand: for the demo, tests and bench/."""
 
     def __init__(self, data_dir: Path | None = None, token: str = DEFAULT_TOKEN, large_file_size: str = "1G",
-                 port: int | None = None):
+                 port: int | None = None, deep_bam_size: str | int = 0, wide_directory_files: int = 0):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         command = [sys.executable, "-m", "omicsfs", "emulator", "--port", str(self.port), "--token", token,
-                   "--large-file-size", str(large_file_size), "--data", str(self.data_dir)]
+                   "--large-file-size", str(large_file_size), "--data", str(self.data_dir),
+                   "--deep-bam-size", str(deep_bam_size), "--wide-directory", str(wide_directory_files)]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with(os.getpid()))
 
     def wait_ready(self, timeout: float = 600) -> EmulatorProcess:
@@ -65,6 +66,10 @@ class EmulatorProcess:
 
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/_emulator/stats", timeout=10).raise_for_status().json()
+
+    def objects(self) -> dict[str, str]:
+        """Every object of the store: id -> file."""
+        return httpx.get(f"{self.url}/_emulator/objects", timeout=30).raise_for_status().json()
 
     def reset_stats(self) -> None:
         httpx.post(f"{self.url}/_emulator/stats/reset", timeout=10).raise_for_status()

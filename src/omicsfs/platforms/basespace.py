@@ -73,7 +73,7 @@ from omicsfs.dates import parse_timestamp
 from omicsfs.errors import AccessDenied, ConfigError, NotFound, PlatformError
 from omicsfs.http import PresignedURLs
 from omicsfs.oauth import device_flow
-from omicsfs.platform import Entry, PartBody, PartRules, Platform, SpaceUsage, gather
+from omicsfs.platform import Entry, PartBody, PartRules, Platform, SpaceUsage, all_pages, gather
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +152,14 @@ class BaseSpace(Platform):
         return body["Response"]
 
     async def _items(self, href: str, *, what: str, limit: int = PAGE_LIMIT) -> list[dict]:
-        """Every item of a list, page by page."""
-        items: list[dict] = []
-        while True:
-            params = {"Offset": len(items), "Limit": limit, "SortBy": "Id", "SortDir": "Asc"}
+        """Every item of a list (the pages after the first asked at once)."""
+
+        async def page(offset: int) -> tuple[list, int | None]:
+            params = {"Offset": offset, "Limit": limit, "SortBy": "Id", "SortDir": "Asc"}
             response = await self._response(href, what=what, params=params)
-            page = response.get("Items") or []
-            items.extend(page)
-            total = response.get("TotalCount")
-            if not page or (total is not None and len(items) >= total):
-                return items
+            return response.get("Items") or [], response.get("TotalCount")
+
+        return await all_pages(page)
 
     async def _v2_items(self, href: str, *, what: str, params: dict | None = None) -> list[dict]:
         """Every item of a V2 list, page by page."""
@@ -170,21 +168,21 @@ class BaseSpace(Platform):
 
     async def _v2_page_all(self, href: str, *, what: str, params: dict | None = None) -> tuple[list[dict], list]:
         """Every item of a V2 list, and the `SubDirectories` a file list names along the way."""
-        items: list[dict] = []
-        subdirectories: list = []
-        while True:
-            query = {**(params or {}), "offset": len(items), "limit": FILE_PAGE_LIMIT}
+        named: dict[int, list] = {}  # offset -> the subdirectories that page named
+
+        async def page(offset: int) -> tuple[list, int | None]:
+            query = {**(params or {}), "offset": offset, "limit": FILE_PAGE_LIMIT}
             body = await self.http.get_json(self._url(href), what=what, auth=self.auth, params=query)
             if not isinstance(body, dict):
                 raise PlatformError(f"{what}: BaseSpace answered without an Items envelope")
-            page = body.get("Items") or []
-            items.extend(page)
-            for subdirectory in body.get("SubDirectories") or []:
-                if subdirectory not in subdirectories:
-                    subdirectories.append(subdirectory)
-            total = (body.get("Paging") or {}).get("TotalCount")
-            if not page or (total is not None and len(items) >= total):
-                return items, subdirectories
+            named[offset] = body.get("SubDirectories") or []
+            return body.get("Items") or [], (body.get("Paging") or {}).get("TotalCount")
+
+        items = await all_pages(page)
+        subdirectories: list = []
+        for offset in sorted(named):
+            subdirectories += [each for each in named[offset] if each not in subdirectories]
+        return items, subdirectories
 
     async def check(self) -> None:
         await self._response("users/current", what=self.name)
@@ -397,6 +395,10 @@ class BaseSpace(Platform):
             return None
         unit = _UNITS.get(str(statistics.get("Unit") or "").strip().lower(), 1)
         return SpaceUsage(total=int(statistics["Quota"]) * unit, used=int(statistics.get("TotalSize") or 0) * unit)
+
+    async def prepare_read(self, entry: Entry) -> None:
+        if entry.key[0] == "file":
+            await self.urls.url(entry.key[1])
 
     def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
         _, file_id = entry.key

@@ -1,8 +1,9 @@
-"""BugSeq, through its REST API (`/v1/`), read-only: a lab's analysis jobs and their result files.
+"""BugSeq, through its REST API (`/v1/`): a lab's analysis jobs and their result files, and uploads.
 
 ```
 NAME/jobs/<name-or-id>/job.json            the job's results answer, inputs included
 NAME/jobs/<name-or-id>/outputs/<filename>  each result file (folders where a filename holds `/`)
+NAME/uploads/<filename>                    files written here are uploaded, for jobs to analyse
 ```
 
 Reference: the BugSeq API 0.1.0 OpenAPI page (seed 000); where it is silent, the public
@@ -33,21 +34,58 @@ Reference: the BugSeq API 0.1.0 OpenAPI page (seed 000); where it is silent, the
   until the store refuses it (403) and then resolved again (`PresignedURLs`).
 - Every schema has `additionalProperties: false`: we send only the parameters the seed names.
 - Errors are FastAPI's `{"detail": ...}`, a list of `{loc, msg, type}` for 422.
+
+Writing: `uploads/` is the only writable place, and it only takes new files.
+- A file written there goes to `POST /v1/files/multipart/init` (`filename`, and `s3_region` when the
+  config sets one: job submissions name a region, and a file must be in it), then for each part
+  `POST /v1/files/multipart/chunk` for a presigned PUT URL and the PUT itself, then
+  `POST /v1/files/multipart/complete`. Multipart init needs no size, so parts stream while the file
+  is still written. A file of at most 5 MiB (S3's minimum part) goes through
+  `POST /v1/files/singlepart/init` and one presigned PUT instead.
+- The seed leaves `presigned_s3_data` and `parts` untyped; the shapes assumed (S3's own, see
+  `_upload_id`, `_presigned_put` and `_completed_parts`, the one place that reads or writes them):
+  init's `presigned_s3_data` holds S3's `upload_id` (or `UploadId`); chunk's and singlepart init's
+  hold a presigned request, `url` (or `URL`, or the bare URL as a string) with `method` (PUT if absent)
+  and `headers` to send; complete takes `parts: [{"PartNumber", "ETag"}]`, ETags quoted as S3 sent them.
+- Each part is sent with `Content-Length` and `Content-MD5` (S3 refuses bytes that do not match it),
+  except to a SigV2-signed URL, whose signature covers `Content-MD5` and would then not match; the
+  part's ETag (S3: the hex MD5 of its bytes) is returned unquoted for the core to check. A store that
+  refuses a fresh part URL (403: expired on arrival, clocks apart) gets one more, freshly presigned.
+  (ETags are MD5s in a bucket with S3's default encryption; one encrypted with KMS answers others,
+  and `etag_is_md5` would have to be False: S3 still checks the bytes against `Content-MD5`.)
+- A single-part upload checks the ETag of its PUT against the MD5 itself and sends again on the same
+  URL when they differ; a URL refused (expired) is replaced by a new single-part upload.
+- The API lists no uploaded files: `uploads/` is listed empty by this module and the core lists its
+  own durable record of each upload it confirmed (`remembers_uploads`), each with its BugSeq file id
+  as `uid` and in the `id` extended attribute, which is what a job submission (`file_ids`) needs.
+- Reading an uploaded file back: the API has no download for uploaded inputs, so `read` of one fails
+  with EACCES and says why (the core serves the bytes from its staging copy while it has one).
+- Writing over a file already in `uploads/` is refused (its entry allows nothing: the core answers
+  EPERM): BugSeq can neither delete nor replace an uploaded file, so a second upload under the same
+  name would be a duplicate that hides the first one's id. Upload it under another name instead.
+  The one exception is the core's own: a file written further after its upload was confirmed (an
+  fsync, or a close of one of its descriptors, then more writes) is uploaded again as a new BugSeq
+  file that the listing shows instead; the earlier id stays with BugSeq, unused.
+- There are no deletes, renames or directories to create: the API has none.
+- No abort either: an unfinished multipart upload stays with BugSeq's bucket (whose lifecycle rules
+  are its own business); `abort_upload` does nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl, quote, urljoin, urlsplit
 
-
 from omicsfs.dates import parse_timestamp
-from omicsfs.errors import NotFound, PlatformError
+from omicsfs.errors import AccessDenied, NotFound, PlatformError
 from omicsfs.http import PresignedURLs
-from omicsfs.platform import Entry, Platform, gather, json_content
+from omicsfs.platform import Entry, PartBody, PartRules, Platform, gather, json_content
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +93,13 @@ API = "/v1/"
 #: Jobs asked per page; the seed's default, used when a server refuses more.
 PAGE_LIMIT = 100
 DEFAULT_LIMIT = 20
+#: S3's rules, which BugSeq's presigned URLs lead to: parts of 5 MiB to 5 GiB but the last, numbered
+#: 1..10000; up to 5 MiB in one single-part PUT; multipart init takes no size.
+S3_MIN_PART = 5 * 1024 * 1024
+PART_RULES = PartRules(min_part=S3_MIN_PART, max_part=5 * 1024**3, max_parts=10_000, whole_max=S3_MIN_PART,
+                       needs_size=False, etag_is_md5=True)
+#: Times a single-part PUT is sent on the same URL when its ETag does not match what was sent.
+WHOLE_PUT_TRIES = 3
 
 
 def url_expiry(url: str) -> float | None:
@@ -81,6 +126,8 @@ def url_expiry(url: str) -> float | None:
 class BugSeq(Platform):
     kind = "bugseq"
     title = "BugSeq"
+    optional_settings = {"s3_region": str}
+    part_rules = PART_RULES
 
     def __init__(self, name, settings, http):
         super().__init__(name, settings, http)
@@ -95,6 +142,9 @@ class BugSeq(Platform):
         if not isinstance(body, dict):
             raise PlatformError(f"{what}: BugSeq answered with something other than a JSON object")
         return body
+
+    async def _post(self, path: str, body: dict, *, what: str) -> object:
+        return (await self.http.json("POST", self.host + API + path, what=what, auth=self.auth, json_body=body))[1]
 
     async def check(self) -> None:
         await self._get("users/me", what=self.name)
@@ -137,7 +187,9 @@ class BugSeq(Platform):
     async def list_dir(self, entry: Entry) -> list[Entry]:
         kind, *args = entry.key
         if kind == "top":
-            return [Entry("jobs", True, ("jobs",))]
+            return [Entry("jobs", True, ("jobs",)), _uploads()]
+        if kind == "uploads":
+            return []  # the API lists no uploads: the core lists those it confirmed
         if kind == "jobs":
             return [self._job_entry(item) for item in await self._jobs()]
         if kind == "job":
@@ -261,8 +313,178 @@ class BugSeq(Platform):
         return url, url_expiry(url)
 
     def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
-        _, job_id, filename = entry.key
+        kind, *args = entry.key
+        if kind == "upload":
+            return _refuse_read(what)
+        job_id, filename = args
         return self.urls.read_range((job_id, filename), start, end, what=what)
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    def _file_body(self, filename: str) -> dict:
+        """The body of `singlepart/init` and `multipart/init`: only what the seed names."""
+        body = {"filename": filename}
+        if self.settings.get("s3_region"):
+            body["s3_region"] = self.settings["s3_region"]
+        return body
+
+    def _check_uploads(self, parent: Entry, name: str, replacing: Entry | None) -> None:
+        if tuple(parent.key) != UPLOADS_KEY:
+            raise PlatformError(f"{self.name}: files can be written only into uploads/, not as {name}", errno_=errno.EROFS)
+        if replacing is not None:  # written further after its upload: the core uploads it anew
+            log.info("%s/uploads/%s: uploaded again with what was written since; BugSeq keeps the earlier "
+                     "file %s too", self.name, name, replacing.uid or replacing.key[-1])
+
+    async def begin_upload(self, parent: Entry, name: str, size: int | None, replacing: Entry | None) -> dict:
+        self._check_uploads(parent, name, replacing)
+        what = f"{self.name}/uploads/{name}"
+        answer = _object(await self._post("files/multipart/init", self._file_body(name), what=what), what)
+        file_id = _file_id(answer, what)
+        upload_id = _upload_id(answer.get("presigned_s3_data"), what)
+        log.info("%s: multipart upload begun as BugSeq file %s", what, file_id)
+        return {"file_id": file_id, "upload_id": upload_id, "name": name}
+
+    async def upload_part(self, handle: dict, number: int, body: PartBody) -> str:
+        what = f"{self.name}/uploads/{handle['name']}: part {number}"
+
+        async def presign() -> PresignedPut:
+            request = {"file_id": handle["file_id"], "upload_id": handle["upload_id"], "part_number": number}
+            return _presigned_put(_object(await self._post("files/multipart/chunk", request, what=what), what), what)
+
+        return (await self._put(presign, body, what))[1]
+
+    async def complete_upload(self, handle: dict, parts: list[tuple[int, str]], size: int) -> Entry:
+        what = f"{self.name}/uploads/{handle['name']}"
+        request = {"file_id": handle["file_id"], "upload_id": handle["upload_id"], "parts": _completed_parts(parts)}
+        await self._post("files/multipart/complete", request, what=what)  # answers nothing the seed describes
+        log.info("%s: uploaded as BugSeq file %s (%d bytes in %d parts)", what, handle["file_id"], size, len(parts))
+        return _uploaded(handle["name"], handle["file_id"], size)
+
+    async def upload_whole(self, parent: Entry, name: str, body: PartBody, replacing: Entry | None) -> Entry:
+        self._check_uploads(parent, name, replacing)
+        what = f"{self.name}/uploads/{name}"
+        file_id = ""
+
+        async def presign() -> PresignedPut:
+            # A new single-part upload each time: its URL cannot be asked for again.
+            nonlocal file_id
+            answer = _object(await self._post("files/singlepart/init", self._file_body(name), what=what), what)
+            file_id = _file_id(answer, what)
+            return _presigned_put(answer, what)
+
+        target = await presign()
+        for attempt in range(1, WHOLE_PUT_TRIES + 1):
+            target, etag = await self._put(presign, body, what, target)
+            if not self.part_rules.etag_is_md5 or etag == body.md5.hex():
+                log.info("%s: uploaded as BugSeq file %s (%d bytes)", what, file_id, body.size)
+                return _uploaded(name, file_id, body.size)
+            log.warning("%s: the store answered ETag %s for bytes whose MD5 is %s (try %d/%d)", what, etag,
+                        body.md5.hex(), attempt, WHOLE_PUT_TRIES)
+        raise PlatformError(f"{what}: the store's ETag never matched the MD5 of the bytes sent")
+
+    async def _put(self, presign: Callable[[], Awaitable[PresignedPut]], body: PartBody, what: str,
+                   target: PresignedPut | None = None) -> tuple[PresignedPut, str]:
+        """PUT `body` to a presigned URL (`target`, or one from `presign`); the URL used and the
+        ETag answered. A URL the store refuses (403) is replaced once by a fresh one."""
+        target = target or await presign()
+        try:
+            return target, await self._send(target, body, what)
+        except AccessDenied as exc:
+            log.info("%s: the store refused the upload URL (%s); asking for a new one", what, exc.status)
+        target = await presign()
+        return target, await self._send(target, body, what)
+
+    async def _send(self, target: PresignedPut, body: PartBody, what: str) -> str:
+        """One presigned PUT (retried by `Http` as any request); the ETag, unquoted."""
+        headers = {**target.headers, "Content-Length": str(body.size)}
+        if not _signs_content_md5(target.url):
+            headers["Content-MD5"] = body.content_md5
+        response = await self.http.request(target.method, target.url, what=what, headers=headers, content=body.stream)
+        etag = response.headers.get("etag", "").strip().strip('"').lower()
+        if not etag:
+            raise PlatformError(f"{what}: the store answered {response.status_code} without an ETag")
+        return etag
+
+
+UPLOADS_KEY = ("uploads",)
+
+
+def _uploads() -> Entry:
+    """`uploads/`: new files only, listed from the core's record of them (the API lists none)."""
+    return Entry("uploads", True, UPLOADS_KEY, allows=frozenset({"create"}), remembers_uploads=True)
+
+
+def _uploaded(name: str, file_id: str, size: int) -> Entry:
+    """An uploaded file as `uploads/` shows it: its BugSeq file id is what a job submission needs."""
+    return Entry(name, False, ("upload", file_id), uid=file_id, size=size, mtime=time.time(), version=file_id,
+                 xattrs={"id": file_id})
+
+
+async def _refuse_read(what: str) -> AsyncIterator[bytes]:
+    raise PlatformError(f"{what}: BugSeq keeps uploaded files for analysis but has no download for them",
+                        errno_=errno.EACCES)
+    yield b""  # an async generator, failing when read as every read does
+
+
+# -- the shapes the seed leaves open (`presigned_s3_data`, `parts`): S3's own -------------------------
+
+
+@dataclass(frozen=True)
+class PresignedPut:
+    url: str
+    method: str = "PUT"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _object(answer: object, what: str) -> dict:
+    if not isinstance(answer, dict):
+        raise PlatformError(f"{what}: BugSeq answered with something other than a JSON object")
+    return answer
+
+
+def _file_id(answer: dict, what: str) -> str:
+    file_id = answer.get("id")
+    if not isinstance(file_id, (str, int)) or isinstance(file_id, bool) or file_id == "":
+        raise PlatformError(f"{what}: BugSeq gave no file id")
+    return str(file_id)
+
+
+def _pick(data: dict, *names: str) -> object:
+    return next((data[name] for name in names if data.get(name) not in (None, "")), None)
+
+
+def _upload_id(presigned: object, what: str) -> str:
+    """S3's multipart upload id from `multipart/init`'s `presigned_s3_data`."""
+    upload_id = _pick(presigned, "upload_id", "UploadId") if isinstance(presigned, dict) else None
+    if not isinstance(upload_id, str):
+        raise PlatformError(f"{what}: BugSeq's multipart init gave no upload_id")
+    return upload_id
+
+
+def _presigned_put(answer: dict, what: str) -> PresignedPut:
+    """The presigned request in `chunk`'s or `singlepart/init`'s `presigned_s3_data`."""
+    presigned = answer.get("presigned_s3_data")
+    if isinstance(presigned, str):
+        presigned = {"url": presigned}
+    url = _pick(presigned, "url", "URL") if isinstance(presigned, dict) else None
+    if not isinstance(url, str):
+        raise PlatformError(f"{what}: BugSeq gave no presigned upload URL")
+    method = _pick(presigned, "method", "Method") or "PUT"
+    headers = _pick(presigned, "headers", "Headers") or {}
+    if not isinstance(method, str) or not isinstance(headers, dict):
+        raise PlatformError(f"{what}: BugSeq's presigned upload request is not of a known shape")
+    return PresignedPut(url, method.upper(), {str(key): str(value) for key, value in headers.items()})
+
+
+def _completed_parts(parts: list[tuple[int, str]]) -> list[dict]:
+    """`complete`'s `parts`, as S3's CompleteMultipartUpload takes them: ascending, ETags quoted."""
+    return [{"PartNumber": number, "ETag": '"' + etag.strip('"') + '"'} for number, etag in sorted(parts)]
+
+
+def _signs_content_md5(url: str) -> bool:
+    """A SigV2 presigned URL (`AWSAccessKeyId`, `Signature`): its signature covers `Content-MD5`,
+    so sending one it was not made with breaks it. SigV4 signs only the headers it names."""
+    return "awsaccesskeyid" in {key.lower() for key, _ in parse_qsl(urlsplit(url).query)}
 
 
 def _parts(path: str) -> list[str]:

@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator
 
 from omicsfs.dates import parse_timestamp
 from omicsfs.errors import AccessDenied, NotFound, PlatformError
-from omicsfs.platform import Entry, Platform, gather
+from omicsfs.platform import Entry, Platform, all_pages, gather
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,19 @@ class Isabl(Platform):
         return self.api + "/".join(str(part).strip("/") for part in parts) + "/"
 
     async def _list(self, endpoint: str, *, what: str, **filters) -> list[dict]:
-        """Every item of a list, page by page."""
-        items: list[dict] = []
-        while True:
-            params = {**filters, "ordering": "id", "limit": PAGE_LIMIT, "offset": len(items)}
+        """Every item of a list (the pages after the first asked at once)."""
+
+        async def page(offset: int) -> tuple[list, int | None]:
+            params = {**filters, "ordering": "id", "limit": PAGE_LIMIT, "offset": offset}
             body = await self.http.get_json(self._url(endpoint), what=what, headers=self.headers, auth=self.auth, params=params)
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 raise PlatformError(f"{what}: Isabl answered without a results list")
-            page = body["results"]
-            items.extend(page)
             count = body.get("count")
-            if not page or not body.get("next") or (isinstance(count, int) and len(items) >= count):
-                break
+            if not isinstance(count, int):  # no count: `next` alone says whether more follows
+                count = None if body.get("next") else offset + len(body["results"])
+            return body["results"], count
+
+        items = await all_pages(page)
         # A filter across a many-to-many relation (`projects`) may repeat an object if the server's
         # query lacks DISTINCT: each object once.
         unique: dict = {}

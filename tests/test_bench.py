@@ -1,0 +1,76 @@
+"""What bench/ relies on, without mounting: the emulator's store knob and object list, and the
+bench's delaying proxy forwarding requests and bodies intact. No timing is asserted."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from omicsfs.emulator import sampledata
+
+CONTENT = "basespace/v1pre3/files/{}/content"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench_modules():
+    """bench/'s modules, imported as its scripts import each other (bench/ first on the path)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield {name: importlib.import_module(name) for name in ("delayproxy", "store", "harness", "read_report", "bench_read")}
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def archive(emulator) -> dict:
+    account = sampledata.load(Path(emulator.data_dir) / "basespace")
+    return next(f for _, _, f in sampledata.iter_files(account) if f["Path"] == "Archive/reportarchive.bin")
+
+
+def presigned(emulator, file_id: str) -> str:
+    response = httpx.get(f"{emulator.url}/{CONTENT.format(file_id)}", params={"redirect": "meta"},
+                         headers={"x-access-token": emulator.token}, timeout=30).raise_for_status()
+    return response.json()["Response"]["HrefContent"]
+
+
+def test_presigned_urls_point_where_the_store_url_knob_says(fresh_emulator):
+    item = archive(fresh_emulator)
+    assert presigned(fresh_emulator, item["Id"]).startswith(f"{fresh_emulator.url}/store/{item['Id']}?X-Expires=")
+    fresh_emulator.knobs(store_url="http://127.0.0.1:9/elsewhere/")
+    assert presigned(fresh_emulator, item["Id"]).startswith(f"http://127.0.0.1:9/elsewhere/{item['Id']}?X-Expires=")
+
+
+def test_the_object_list_names_every_object_with_its_file(fresh_emulator):
+    objects = fresh_emulator.objects()
+    item = archive(fresh_emulator)
+    path = Path(objects[item["Id"]])
+    assert hashlib.md5(path.read_bytes()).hexdigest() == item["Md5"]
+    account = sampledata.load(Path(fresh_emulator.data_dir) / "basespace")
+    assert {f["Id"] for _, _, f in sampledata.iter_files(account)} <= set(objects)
+
+
+def test_bench_imports_and_its_proxy_forwards_requests_and_bodies_intact(bench_modules, fresh_emulator):
+    item = archive(fresh_emulator)
+    proxy = bench_modules["delayproxy"].DelayProxy([f"127.0.0.1:{fresh_emulator.port}"], rtt_ms=4, window=256 << 10)
+    try:
+        with httpx.Client(timeout=30) as client:
+            direct = client.get(f"{fresh_emulator.url}/_emulator/knobs").json()
+            assert client.get(f"{proxy.url(0)}/_emulator/knobs").json() == direct
+            # A body many times the proxy's window, on the same connection as the request before it.
+            url = presigned(fresh_emulator, item["Id"]).replace(fresh_emulator.url, proxy.url(0))
+            response = client.get(url, headers={"Range": "bytes=1000-3000999"})
+        assert response.status_code == 206
+        with open(Path(fresh_emulator.objects()[item["Id"]]), "rb") as original:
+            original.seek(1000)
+            assert response.content == original.read(3_000_000)
+        with httpx.Client(timeout=30) as client:  # and on a new connection, the whole object
+            whole = client.get(url)
+        assert hashlib.md5(whole.content).hexdigest() == item["Md5"]
+    finally:
+        proxy.stop()
+    assert proxy.process.returncode is not None
