@@ -379,7 +379,7 @@ async def test_the_store_takes_a_parts_length_up_front(platform, server):
             yield b"abc"
 
         refused = await client.put(url, content=chunks())  # no length: Transfer-Encoding: chunked
-    assert refused.status_code == 501 and b"NotImplemented" in refused.content
+    assert refused.status_code == 411 and b"MissingContentLength" in refused.content
     assert server.stats()["parts_received"] == 0
 
 

@@ -233,11 +233,4 @@ async def store_part(request: Request) -> Response:
     if upload is None:
         await _drain(request)
         return _s3_error(404, "NoSuchUpload", "The specified upload does not exist.")
-    # S3 takes a part's length up front: a chunked body is not implemented, no length is refused.
-    if "transfer-encoding" in request.headers:
-        await _drain(request)
-        return _s3_error(501, "NotImplemented", "A header you provided implies functionality that is not implemented")
-    if "content-length" not in request.headers:
-        await _drain(request)
-        return _s3_error(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
     return await store.receive(request, upload, number)
