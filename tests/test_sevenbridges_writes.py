@@ -707,14 +707,13 @@ def test_read_only_places_refuse_and_a_move_across_projects_copies(sbg_mount, se
     assert (stats["uploads_started"], stats["part_requests"]) == (0, 0)
 
     # mv across projects: EXDEV, so mv copies the file and deletes it (in a mount whose deletes the
-    # refused unlink above has not paused). mv's exit status is left alone: it also copies the
-    # source's user.omicsfs.* attributes and mode, which the mount refuses.
+    # refused unlink above has not paused).
     second = sbg_mount()
     rna, wgs = tree(second), tree(second, "alice/wgs-cohort")
     moving = rna / f"moving-{uuid.uuid4().hex[:8]}.txt"
     moving.write_bytes(b"from rna-pilot to wgs-cohort\n")
     assert refused(os.rename, moving, wgs / moving.name) == errno.EXDEV
-    subprocess.run(["mv", str(moving), str(wgs)], capture_output=True)
+    subprocess.run(["mv", str(moving), str(wgs)], capture_output=True, check=True)
     assert not moving.exists() and (wgs / moving.name).read_bytes() == b"from rna-pilot to wgs-cohort\n"
     fresh = sbg_mount()
     assert not (tree(fresh) / moving.name).exists()
