@@ -29,8 +29,8 @@ import struct
 import time
 import zlib
 from array import array
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +42,17 @@ log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 64 * 1024
 
-#: Fetches the bytes [start, end) of one object, in order.
-Source = Callable[[int, int], AsyncIterator[bytes]]
+@dataclass(frozen=True)
+class IntoSource:
+    """A source that writes into the cache from a worker thread (`Http.read_range_into`):
+    `fetch(start, end, write, landed, working)`."""
+
+    fetch: Callable[..., Awaitable[None]]
+
+
+#: Fetches the bytes [start, end) of one object, in order: as chunks, or (`IntoSource`) written
+#: straight into the cache by a worker thread.
+Source = Callable[[int, int], AsyncIterator[bytes]] | IntoSource
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,8 @@ class CachedObject:
         #: Set (and replaced) whenever blocks arrive or a fetch fails: what readers wait on.
         self.changed = trio.Event()
         self.readers = 0
+        #: Worker threads that may still write to the files (a cancelled fetch's, until it stops).
+        self.workers = 0
         data_path, index_path = store.paths(obj)
         self.data_fd = os.open(data_path, os.O_RDWR | os.O_CREAT, 0o600)
         self.index_fd = os.open(index_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -129,18 +140,26 @@ class CachedObject:
 
     @property
     def busy(self) -> bool:
-        return bool(self.fetches or self.readers)
+        return bool(self.fetches or self.readers or self.workers)
+
+    def working(self, change: int) -> None:
+        self.workers += change
+        if not self.workers:
+            self.store.tidy()
 
     def held_bytes(self) -> int:
         return sum(self.held) * BLOCK_SIZE
 
     # -- blocks arriving -----------------------------------------------------------------------
 
-    def store_block(self, index: int, crc: int) -> None:
-        """Record a block whose bytes are already written at its offset."""
+    def record(self, index: int, crc: int) -> None:
+        """Write a block's index record, once its bytes are written (any thread)."""
+        os.pwrite(self.index_fd, self.RECORD.pack(crc, 1), self.INDEX_HEADER.size + index * self.RECORD.size)
+
+    def hold(self, index: int, crc: int) -> None:
+        """Count a recorded block as held (on the event loop): readers may have it."""
         if self.held[index]:
             return
-        os.pwrite(self.index_fd, self.RECORD.pack(crc, 1), self.INDEX_HEADER.size + index * self.RECORD.size)
         self.held[index] = 1
         self.unchecked[index] = 0
         self.crcs[index] = crc
@@ -162,6 +181,8 @@ class CachedObject:
     def check(self, first: int, last: int) -> bool:
         """Check blocks of an earlier mount before they are first served; False if one was torn."""
         whole = True
+        if self.unchecked.find(1, first, last + 1) < 0:
+            return True
         for index in range(first, last + 1):
             if self.unchecked[index]:
                 data = os.pread(self.data_fd, self.obj.block_length(index), index * BLOCK_SIZE)
@@ -274,6 +295,11 @@ class ObjectStore:
         finally:
             self._adopting.pop(obj.hex).set()
 
+    def tidy(self) -> None:
+        """Close objects beyond the open bound and evict beyond the size, where nothing uses them."""
+        self._close_some()
+        self._evict()
+
     def _close_some(self) -> None:
         for digest in list(self._open):
             if len(self._open) <= self.OPEN:
@@ -335,23 +361,30 @@ class BlockCache:
 
     def close(self, cached: CachedObject) -> None:
         cached.readers -= 1
-        self.store._close_some()
-        self.store._evict()
+        self.store.tidy()
 
     def prefetch(self, cached: CachedObject, source: Source, first: int, last: int) -> None:
         """Start fetching whichever of blocks first..last are neither held nor on their way."""
+        # Runs of blocks found with bytearray.find, in C: a window of 1,000 blocks is scanned on
+        # every kernel read of a sequential reader.
         last = min(last, cached.obj.block_count() - 1)
         per_request = self.MAX_REQUEST // BLOCK_SIZE
-        run_start = None
-        index = first
-        while index <= last + 1:
-            missing = index <= last and not cached.held[index] and not any(f.covers(index) for f in cached.fetches)
-            if missing and run_start is None:
-                run_start = index
-            if run_start is not None and (not missing or index - run_start == per_request):
-                self._start(cached, source, run_start, index - 1)
-                run_start = index if missing else None
-            index += 1
+        held, index = cached.held, first
+        while index <= last:
+            index = held.find(0, index, last + 1)
+            if index < 0:
+                return
+            covering = next((f for f in cached.fetches if f.covers(index)), None)
+            if covering is not None:
+                index = covering.last + 1
+                continue
+            run_last = held.find(1, index, min(last, index + per_request - 1) + 1)
+            run_last = min(last, index + per_request - 1) if run_last < 0 else run_last - 1
+            for fetch in cached.fetches:  # a run stops where a fetch already on its way begins
+                if index < fetch.next <= run_last:
+                    run_last = fetch.next - 1
+            self._start(cached, source, index, run_last)
+            index = run_last + 1
 
     def _start(self, cached: CachedObject, source: Source, first: int, last: int) -> None:
         fetch = _Fetch(first, last)
@@ -369,8 +402,8 @@ class BlockCache:
         self.prefetch(cached, source, first, max(last, ahead))
         waited = False
         while True:
-            missing = next((i for i in range(first, last + 1) if not cached.held[i]), None)
-            if missing is None:
+            missing = cached.held.find(0, first, last + 1)
+            if missing < 0:
                 if cached.check(first, last):
                     break
                 self.stats.torn_blocks += 1
@@ -395,33 +428,32 @@ class BlockCache:
         obj = cached.obj
         start = fetch.next * BLOCK_SIZE
         end = min(obj.size, (fetch.last + 1) * BLOCK_SIZE)
-        position, crc = start, 0
+        writer = _BlockWriter(cached, start, end)
+
+        def landed(_: int) -> None:  # on the event loop: what the writer completed, readers may have
+            while writer.done:
+                index, crc = writer.done.popleft()
+                cached.hold(index, crc)
+                fetch.next = index + 1
+                self.stats.bytes_fetched += obj.block_length(index)
+            cached.notify()
+
         try:
             async with self._requests:
                 self.stats.requests += 1
                 # The source retries and resumes what the network cuts (see `Http.read_range`):
                 # what reaches here is the range, or an error for every waiter.
-                async with contextlib.aclosing(source(start, end)) as chunks:
-                    async for chunk in chunks:
-                        chunk = memoryview(chunk)[: end - position]
-                        self.stats.bytes_fetched += len(chunk)
-                        os.pwrite(cached.data_fd, chunk, position)
-                        # Whole blocks are recorded as they complete; a block's CRC is carried
-                        # over chunk boundaries.
-                        while chunk:
-                            block_end = min(end, (fetch.next + 1) * BLOCK_SIZE)
-                            take = min(len(chunk), block_end - position)
-                            crc = zlib.crc32(chunk[:take], crc)
-                            position += take
-                            chunk = chunk[take:]
-                            if position == block_end:
-                                cached.store_block(fetch.next, crc)
-                                fetch.next += 1
-                                crc = 0
-                        cached.notify()
-                        if position >= end:
-                            break
-                if position < end:
+                if isinstance(source, IntoSource):
+                    await source.fetch(start, end, writer.write, landed, cached.working)
+                else:
+                    async with contextlib.aclosing(source(start, end)) as chunks:
+                        async for chunk in chunks:
+                            writer.write(writer.position, memoryview(chunk)[: end - writer.position])
+                            landed(writer.position)
+                            if writer.position >= end:
+                                break  # a source that sends more than asked is not read further
+                landed(writer.position)
+                if writer.position < end:
                     raise PlatformError(f"the source ended at block {fetch.next} of {fetch.next}-{fetch.last}")
         except BaseException as exc:
             fetch.error = exc if isinstance(exc, Exception) else PlatformError("fetch cancelled")
@@ -432,4 +464,35 @@ class BlockCache:
         finally:
             cached.fetches.remove(fetch)
             cached.notify()
-            self.store._evict()
+            self.store.tidy()
+
+
+class _BlockWriter:
+    """Writes one fetch's bytes into the object's file as they come, in order, and records each
+    block it completes, its CRC carried over the pieces' boundaries. Runs in the worker thread of
+    a threaded fetch (or on the event loop); the blocks it completed wait in `done` for the event
+    loop to count them held."""
+
+    def __init__(self, cached: CachedObject, start: int, end: int):
+        self.cached = cached
+        self.position = start
+        self.end = end
+        self.crc = 0
+        self.done: deque[tuple[int, int]] = deque()
+
+    def write(self, position: int, data: memoryview) -> None:
+        cached = self.cached
+        if position != self.position:
+            raise PlatformError(f"bytes from {position} where {self.position} was expected")
+        os.pwrite(cached.data_fd, data, position)
+        while data:
+            index = self.position // BLOCK_SIZE
+            block_end = min(self.end, (index + 1) * BLOCK_SIZE)
+            take = min(len(data), block_end - self.position)
+            self.crc = zlib.crc32(data[:take], self.crc)
+            self.position += take
+            data = data[take:]
+            if self.position == block_end:
+                cached.record(index, self.crc)
+                self.done.append((index, self.crc))
+                self.crc = 0

@@ -27,7 +27,7 @@ from typing import NoReturn
 
 import pyfuse3
 
-from omicsfs.blockcache import BLOCK_SIZE, BlockCache, ObjectRef
+from omicsfs.blockcache import BLOCK_SIZE, BlockCache, IntoSource, ObjectRef
 from omicsfs.errors import PlatformError
 from omicsfs.listings import Listings, Place
 from omicsfs.naming import encodable, safe_name, unique_names
@@ -407,6 +407,14 @@ class Filesystem(pyfuse3.Operations):
 
     def _reader(self, node: Node) -> FileReader:
         platform, entry, what = node.platform, node.entry, node.path
+        presigned = platform.presigned(entry)
+        if presigned is not None:  # a plain GET of a store's URL: fetched in worker threads
+            urls, key = presigned
+
+            async def into(start: int, end: int, write, landed, working) -> None:
+                await urls.read_range_into(key, start, end, write, landed, working, what=what)
+
+            return FileReader(self.cache, node.obj, IntoSource(into), self.settings.max_window)
 
         def source(start: int, end: int):
             return platform.read(entry, start, end, what=what)

@@ -8,6 +8,7 @@ string: presigned URLs carry their signature there, and some APIs accept tokens 
 from __future__ import annotations
 
 import contextlib
+import threading
 import email.utils
 import json
 import logging
@@ -23,6 +24,7 @@ import httpcore
 import httpx
 import trio
 
+from omicsfs import transfer
 from omicsfs.errors import AccessDenied, PlatformError, error_for_status
 
 log = logging.getLogger(__name__)
@@ -174,10 +176,13 @@ class Http:
     underneath), so that its `stats` are its own.
     """
 
-    def __init__(self, client: httpx.AsyncClient, retry: RetryPolicy = RetryPolicy()):
+    def __init__(self, client: httpx.AsyncClient, retry: RetryPolicy = RetryPolicy(),
+                 transfers: transfer.Connections | None = None):
         self.client = client
         self.retry = retry
         self.stats = RequestStats()
+        #: Keep-alive connections of the worker-thread transport (`read_range_into`), shared.
+        self.transfers = transfers or transfer.Connections()
 
     def _failed(self, error: PlatformError) -> PlatformError:
         self.stats.errors += 1
@@ -398,6 +403,88 @@ class Http:
                 log.warning("%s: %s; resuming at byte %d in %.1f s", what, cause, position, delay)
                 await trio.sleep(delay)
 
+    async def read_range_into(
+        self, url: str, start: int, end: int, write: Callable[[int, memoryview], None], landed: Callable[[int], None], *,
+        what: str, working: Callable[[int], None] = lambda change: None,
+    ) -> None:
+        """Fetch the bytes [start, end) of a plain GET URL (a presigned store URL) in a worker thread
+        (`transfer.py`): `write(position, data)` is called there, in order, for each piece; then
+        `landed(position reached)` on the event loop. The same retries, resumes and errors as
+        `read_range`; a server the transport does not speak to is read through `read_range`.
+
+        A cancelled call returns at once and its worker stops at its next piece: `working(+1)` and
+        `working(-1)` (on the event loop) bracket each worker's life, so that what `write` writes
+        to stays open until the worker is gone.
+        """
+        position = start
+        failures = 0
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+
+        def written(at: int, data: memoryview) -> None:  # in the worker thread
+            nonlocal position
+            write(at, data)
+            position = at + len(data)
+            self.stats.bytes_received += len(data)
+            token.run_sync_soon(landed, position)
+
+        def offset(status: int, fields: dict) -> int:
+            return body_offset(status, fields, position, end)
+
+        def work(at: int) -> transfer.Answer | None:  # in the worker thread
+            try:
+                return transfer.get_range(self.transfers, url, at, end, written, stop, offset)
+            finally:
+                token.run_sync_soon(working, -1)
+
+        while position < end:
+            started, first = time.monotonic(), position
+            self.stats.requests += 1
+            working(+1)
+            try:
+                answer = await trio.to_thread.run_sync(work, position, abandon_on_cancel=True)
+            except trio.Cancelled:
+                stop.set()
+                raise
+            except transfer.Unsupported as exc:
+                log.debug("%s: %s: read through httpx", what, exc)
+                async for chunk in self.read_range(url, position, end, what=what):
+                    write(position, memoryview(chunk))
+                    position += len(chunk)
+                    landed(position)
+                return
+            except OSError as exc:
+                failures += 1
+                cause = f"{type(exc).__name__} ({exc}) after {position - first} bytes of GET {redact_url(url)}"
+                if failures >= self.retry.attempts:
+                    raise self._failed(PlatformError(f"{what}: gave up after {failures} attempts; last: {cause}")) from None
+                self.stats.retries += 1
+                delay = self.retry.backoff(failures - 1)
+                log.warning("%s: %s; resuming at byte %d in %.1f s", what, cause, position, delay)
+                await trio.sleep(delay)
+                continue
+            if answer is None:
+                log.debug("%s: GET %s (bytes=%d-%d) in a worker: %d bytes in %.3f s", what, redact_url(url), first, end - 1,
+                          position - first, time.monotonic() - started)
+                return
+            # Not the bytes asked: judged as any answer is (retried, or the error it stands for).
+            response = answer.response(url)
+            if response.status_code in (200, 206):
+                raise self._failed(PlatformError(f"{what}: asked for bytes from {position}, the server answered "
+                                                 f"{response.headers.get('content-range') or 'the whole object'}"))
+            try:
+                await self._refuse(response, "GET", what)
+            except _Retry as failure:
+                failures += 1
+                if failures >= self.retry.attempts:
+                    raise self._failed(PlatformError(f"{what}: gave up after {failures} attempts; last: {failure.cause}")) from None
+                delay = self.retry.backoff(failures - 1) if failure.delay is None else failure.delay
+                if delay > self.retry.max_delay * 3:
+                    raise self._failed(PlatformError(f"{what}: {failure.cause}; the server asks to wait {delay:.0f} s, giving up")) from None
+                self.stats.retries += 1
+                log.warning("%s: %s; retry %d/%d in %.1f s", what, failure.cause, failures, self.retry.attempts - 1, delay)
+                await trio.sleep(delay)
+
     async def object_size(
         self, url: str, *, what: str, headers: dict[str, str] | None = None, params: dict | None = None,
         range_param: str | None = None, auth: httpx.Auth | None = None,
@@ -446,12 +533,17 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$")
 
 def _body_offset(response: httpx.Response, start: int, end: int, *, by_header: bool = True) -> int:
     """Where in the object the body of an answer to a ranged request starts."""
-    content_range = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    return body_offset(response.status_code, response.headers, start, end, by_header=by_header)
+
+
+def body_offset(status: int, headers, start: int, end: int, *, by_header: bool = True) -> int:
+    """`_body_offset` from a status and headers (a mapping with lower-case names, or httpx's)."""
+    content_range = _CONTENT_RANGE.match(headers.get("content-range", ""))
     if content_range:
         return int(content_range.group(1))
-    if response.status_code == 206:
+    if status == 206:
         return start
-    length = response.headers.get("content-length", "")
+    length = headers.get("content-length", "")
     if length.isdigit():
         # Exactly the range's length: honoured without saying so; anything else: the whole object.
         return start if int(length) == end - start else 0
@@ -513,6 +605,26 @@ class PresignedURLs:
         except AccessDenied:  # refused before its stated expiry: once more with a fresh URL
             self.forget(key)
         return await self.http.object_size(await self.url(key), what=what)
+
+    async def read_range_into(self, key: Hashable, start: int, end: int, write, landed, working, *, what: str) -> None:
+        """`Http.read_range_into` through the object's URL, resolved again once if the store refuses it."""
+        reached = start
+
+        def landed_at(position: int) -> None:
+            nonlocal reached
+            reached = position
+            landed(position)
+
+        for attempt in range(2):
+            url = await self.url(key)
+            try:
+                await self.http.read_range_into(url, reached, end, write, landed_at, what=what, working=working)
+                return
+            except AccessDenied:
+                self.forget(key)
+                if attempt:
+                    raise
+                log.info("%s: the store refused the download URL (403), resolving a new one", what)
 
     async def read_range(self, key: Hashable, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
         for attempt in range(2):

@@ -27,6 +27,7 @@ from omicsfs.errors import OmicsfsError, PlatformError
 from omicsfs.fs import Filesystem, Settings
 from omicsfs.http import Http, new_client
 from omicsfs.platform import Platform
+from omicsfs import transfer
 from omicsfs.platforms import platform_class
 from omicsfs.service.control import ControlServer
 from omicsfs.staging import Journal
@@ -131,8 +132,10 @@ def prepare_mountpoint(mountpoint: Path, allow_other: bool = False) -> None:
 
 
 def build_platforms(config: Config, client: httpx.AsyncClient) -> dict[str, Platform]:
-    """Every configured platform, each with an `Http` of its own (its own figures) on the shared client."""
-    return {p.name: platform_class(p.kind)(p.name, p.settings, Http(client)) for p in config.platforms}
+    """Every configured platform, each with an `Http` of its own (its own figures) on the shared
+    client and the shared pool of the worker threads' connections."""
+    transfers = transfer.Connections()
+    return {p.name: platform_class(p.kind)(p.name, p.settings, Http(client, transfers=transfers)) for p in config.platforms}
 
 
 async def check_credentials(platforms: dict[str, Platform]) -> None:

@@ -20,7 +20,7 @@ import trio
 
 from omicsfs.credentials import Token, TokenAuth, utc
 from omicsfs.errors import AccessDenied, NotFound, PlatformError
-from omicsfs.http import Http
+from omicsfs.http import Http, PresignedURLs
 
 if TYPE_CHECKING:
     from omicsfs.login import Prompt
@@ -255,10 +255,20 @@ class Platform(abc.ABC):
     def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
         """Yield the bytes [start, end) of a file, in order, as they arrive."""
 
+    def presigned(self, entry: Entry) -> tuple[PresignedURLs, Hashable] | None:
+        """Where a file's bytes are a plain GET of a presigned URL: the platform's `PresignedURLs`
+        and the file's key in it. The core then fetches them itself, in worker threads
+        (`Http.read_range_into`), rather than through `read`; None: `read` it is."""
+        return None
+
     async def prepare_read(self, entry: Entry) -> None:
         """Get ready to read `entry` soon (resolve its download URL). The core calls it in the
         background when a file is opened, and for the index files beside it, so that their first
         reads do not wait for an API round trip each."""
+        found = self.presigned(entry)
+        if found is not None:
+            urls, key = found
+            await urls.url(key)
 
     async def space_usage(self) -> SpaceUsage | None:
         """The account's quota and usage, where the platform tells them."""

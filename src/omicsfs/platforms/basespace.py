@@ -396,9 +396,8 @@ class BaseSpace(Platform):
         unit = _UNITS.get(str(statistics.get("Unit") or "").strip().lower(), 1)
         return SpaceUsage(total=int(statistics["Quota"]) * unit, used=int(statistics.get("TotalSize") or 0) * unit)
 
-    async def prepare_read(self, entry: Entry) -> None:
-        if entry.key[0] == "file":
-            await self.urls.url(entry.key[1])
+    def presigned(self, entry: Entry) -> tuple[PresignedURLs, str] | None:
+        return (self.urls, entry.key[1]) if entry.key[0] == "file" else None
 
     def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
         _, file_id = entry.key
