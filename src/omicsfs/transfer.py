@@ -164,37 +164,35 @@ def get_range(
         filled = 0  # bytes of the range in the buffer, not yet written
         position = start  # where the buffer's first byte goes
         consumed = 0  # bytes of the body received so far
-
-        def flush() -> None:
-            nonlocal filled, position
-            write(position, view[:filled])
-            position += filled
-            filled = 0
-
-        # What arrived with the head, then the socket straight into the buffer.
-        early = memoryview(rest)[:length]
-        while consumed < wanted_end:
-            if stop.is_set():
-                return None
-            if consumed < skip:  # before the range: received and dropped
-                if early:
-                    n = min(len(early), skip - consumed)
+        early = memoryview(rest)[:length]  # what arrived with the head
+        try:
+            while consumed < wanted_end:
+                if stop.is_set():
+                    return None
+                if consumed < skip:  # before the range: received and dropped
+                    if early:
+                        n = min(len(early), skip - consumed)
+                        early = early[n:]
+                    else:
+                        n = len(sock.recv(min(PIECE, skip - consumed)))
+                elif early:
+                    n = min(len(early), PIECE - filled, wanted_end - consumed)
+                    view[filled : filled + n] = early[:n]
                     early = early[n:]
-                else:
-                    n = len(sock.recv(min(PIECE, skip - consumed)))
-            elif early:
-                n = min(len(early), PIECE - filled, wanted_end - consumed)
-                view[filled : filled + n] = early[:n]
-                early = early[n:]
-                filled += n
-            else:
-                n = sock.recv_into(view[filled:], min(PIECE - filled, wanted_end - consumed))
-                filled += n
-            if not n:
-                raise Cut(f"the body ended {end - position - filled} bytes short of the range")
-            consumed += n
-            if filled == PIECE or consumed == wanted_end:
-                flush()
+                    filled += n
+                else:  # the socket straight into the buffer
+                    n = sock.recv_into(view[filled:], min(PIECE - filled, wanted_end - consumed))
+                    filled += n
+                if not n:
+                    raise Cut(f"the body ended {end - position - filled} bytes short of the range")
+                consumed += n
+                if filled == PIECE or consumed == wanted_end:
+                    write(position, view[:filled])
+                    position, filled = position + filled, 0
+        except OSError:
+            if filled:  # what arrived before the cut is kept: the retry resumes after it
+                write(position, view[:filled])
+            raise
         # The rest of the body, if short, is read so that the connection can serve the next GET.
         left = length - consumed - len(early)
         while 0 < left <= 256 * 1024:

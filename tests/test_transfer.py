@@ -1,0 +1,235 @@
+"""The worker-thread transport (`transfer.py`) and `Http.read_range_into` over it, against a small
+HTTP/1.1 server of the test's own on loopback whose answers each test scripts."""
+
+from __future__ import annotations
+
+import random
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from omicsfs import transfer
+from omicsfs.errors import AccessDenied, NotFound, PlatformError
+from omicsfs.http import Http, PresignedURLs, RetryPolicy, body_offset
+
+DATA = random.Random(7).randbytes(3 * 1024 * 1024 + 12345)
+
+
+class Server:
+    """Answers each GET with `answer(range_start, range_end, connection_number)` -> raw bytes to send
+    (None: close without a word; a `Closing` of bytes: send them, then close, as a connection
+    cut in the middle). Keeps connections alive and records requests and connections."""
+
+    def __init__(self, answer: Callable[[int, int, int], bytes | None]):
+        self.answer = answer
+        self.requests: list[tuple[int, str]] = []  # (connection, range header)
+        self.connections = 0
+        server = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                server.connections += 1
+                number = server.connections
+                buffer = b""
+                while True:
+                    while b"\r\n\r\n" not in buffer:
+                        chunk = self.request.recv(65536)
+                        if not chunk:
+                            return
+                        buffer += chunk
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    fields = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+                    wanted = fields.get("Range", "")
+                    server.requests.append((number, wanted))
+                    first, last = (int(x) for x in wanted.removeprefix("bytes=").split("-"))
+                    reply = server.answer(first, last + 1, number)
+                    if reply is None:
+                        return
+                    self.request.sendall(reply)
+                    if isinstance(reply, Closing):
+                        return
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/bucket/object?X-Signature=secret"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class Closing(bytes):
+    """An answer after which the server closes the connection."""
+
+
+def partial(start: int, end: int, *, body: bytes | None = None, extra: str = "") -> bytes:
+    body = DATA[start:end] if body is None else body
+    return (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{end - 1}/{len(DATA)}\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+def status(code: int, message: bytes = b"<Error><Code>AccessDenied</Code></Error>", extra: str = "") -> bytes:
+    return f"HTTP/1.1 {code} Status\r\nContent-Length: {len(message)}\r\n{extra}\r\n".encode() + message
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(answer) -> Server:
+        servers.append(Server(answer))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def fetch(server: Server, start: int, end: int, connections: transfer.Connections | None = None) -> tuple[bytes, transfer.Answer | None]:
+    """get_range into memory: the bytes written, in order, and the answer."""
+    out = bytearray(end - start)
+    positions = []
+
+    def write(position: int, data: memoryview) -> None:
+        positions.append(position)
+        out[position - start : position - start + len(data)] = data
+
+    answer = transfer.get_range(connections or transfer.Connections(), server.url, start, end, write, threading.Event(),
+                                lambda code, fields: body_offset(code, fields, start, end))
+    assert positions == sorted(positions)
+    return bytes(out), answer
+
+
+def test_a_range_arrives_whole_in_pieces_and_the_connection_is_kept(serve):
+    server = serve(lambda start, end, _: partial(start, end))
+    connections = transfer.Connections()
+    assert fetch(server, 100, 2_500_000, connections) == (DATA[100:2_500_000], None)
+    assert fetch(server, 2_500_000, len(DATA), connections) == (DATA[2_500_000:], None)
+    assert [number for number, _ in server.requests] == [1, 1], "the second GET reused the first's connection"
+    assert [wanted for _, wanted in server.requests] == ["bytes=100-2499999", f"bytes=2500000-{len(DATA) - 1}"]
+
+
+def test_a_server_that_ignores_the_range_is_read_from_where_the_range_starts(serve):
+    server = serve(lambda start, end, _: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(DATA) + DATA)
+    assert fetch(server, 1_000_000, 1_200_000) == (DATA[1_000_000:1_200_000], None)
+
+
+def test_an_error_status_is_handed_back_with_its_body(serve):
+    server = serve(lambda start, end, _: status(403))
+    data, answer = fetch(server, 0, 10)
+    assert answer is not None and answer.status == 403 and answer.body == b"<Error><Code>AccessDenied</Code></Error>"
+
+
+def test_a_body_cut_short_is_a_cut(serve):
+    server = serve(lambda start, end, _: Closing(partial(start, end)[: -1000]))
+    with pytest.raises(transfer.Cut):
+        fetch(server, 0, 100_000)
+
+
+def test_a_chunked_body_is_left_to_httpx(serve):
+    server = serve(lambda start, end, _: b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    with pytest.raises(transfer.Unsupported):
+        fetch(server, 0, 5)
+
+
+def test_a_kept_connection_the_server_closed_meanwhile_is_replaced(serve):
+    answers = iter([partial(0, 10, extra=""), None, partial(10, 20)])
+    server = serve(lambda start, end, number: next(answers))
+    connections = transfer.Connections()
+    assert fetch(server, 0, 10, connections) == (DATA[:10], None)
+    assert fetch(server, 10, 20, connections) == (DATA[10:20], None)
+    assert [number for number, _ in server.requests] == [1, 1, 2]
+
+
+# -- Http.read_range_into: the async side, with the usual retries --------------------------------------
+
+
+def http() -> Http:
+    return Http(None, RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05))
+
+
+async def into(http_: Http, url: str, start: int, end: int) -> tuple[bytes, list[int]]:
+    out = bytearray(end - start)
+    landed: list[int] = []
+    working = []
+
+    def write(position: int, data: memoryview) -> None:
+        out[position - start : position - start + len(data)] = data
+
+    await http_.read_range_into(url, start, end, write, landed.append, what="f", working=working.append)
+    await trio.sleep(0.05)  # what the worker announced last reaches the loop
+    assert sum(working) == 0, "every worker announced its end"
+    return bytes(out), landed
+
+
+async def test_read_range_into_resumes_a_cut_body_where_it_stopped(serve):
+    cuts = iter([900_000, 700_000])
+
+    def answer(start, end, _):
+        cut = next(cuts, None)
+        reply = partial(start, end)
+        return Closing(reply[: cut]) if cut else reply
+
+    server = serve(answer)
+    data, landed = await into(http(), server.url, 0, len(DATA))
+    assert data == DATA
+    assert landed[-1] == len(DATA) and landed == sorted(landed)
+    assert len(server.requests) == 3 and server.requests[1][1].startswith("bytes=")
+    resumed_at = int(server.requests[1][1].removeprefix("bytes=").split("-")[0])
+    assert 800_000 < resumed_at < 900_000, "resumed from the last byte received"
+
+
+async def test_read_range_into_retries_5xx_and_maps_4xx(serve):
+    replies = iter([status(503, b"busy"), status(500, b"oops")])
+    server = serve(lambda start, end, _: next(replies, None) or partial(start, end))
+    data, _ = await into(http(), server.url, 5, 5000)
+    assert data == DATA[5:5000] and len(server.requests) == 3
+    for code, error in ((403, AccessDenied), (404, NotFound)):
+        refusing = serve(lambda start, end, _, code=code: status(code))
+        with pytest.raises(error) as info:
+            await into(http(), refusing.url, 0, 10)
+        assert "secret" not in str(info.value), "no signature in an error"
+
+
+async def test_read_range_into_gives_up_after_its_attempts(serve):
+    server = serve(lambda start, end, _: None)
+    with pytest.raises(PlatformError, match="gave up after 4 attempts"):
+        await into(http(), server.url, 0, 10)
+
+
+async def test_presigned_read_range_into_resolves_a_refused_url_again(serve):
+    good = serve(lambda start, end, _: partial(start, end))
+    refusing = serve(lambda start, end, _: status(403))
+    urls = iter([refusing.url, good.url])
+
+    async def resolve(key):
+        return next(urls), None
+
+    presigned = PresignedURLs(http(), resolve)
+    out = bytearray(1000)
+    await presigned.read_range_into("k", 0, 1000, lambda p, d: out.__setitem__(slice(p, p + len(d)), d), lambda p: None,
+                                    lambda change: None, what="f")
+    assert bytes(out) == DATA[:1000]
+
+
+async def test_a_proxy_sends_the_read_through_httpx(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    with pytest.raises(transfer.Unsupported):
+        transfer._key(__import__("httpx").URL("http://store.example/object"))
+    # Loopback is never proxied.
+    monkeypatch.setenv("NO_PROXY", "store.example")
+    assert transfer._key(__import__("httpx").URL("http://store.example/object")) == ("http", "store.example", 80)
+
+
+def test_nothing_listens_is_an_oserror():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(OSError):
+        transfer.get_range(transfer.Connections(), f"http://127.0.0.1:{port}/x", 0, 10, lambda p, d: None, threading.Event(),
+                           lambda code, fields: 0)
