@@ -299,7 +299,11 @@ class Platform(abc.ABC):
     async def begin_upload(self, parent: Entry, name: str, size: int | None, replacing: Entry | None) -> dict:
         """Start a multipart upload of file `name` into `parent`; its handle. `size` is None when
         the file is still being written (only where `part_rules.needs_size` is False);
-        `replacing` is the platform file being overwritten, where `"replace"` is allowed."""
+        `replacing` is the platform file being overwritten, where `"replace"` is allowed.
+
+        Where the platform's API settles the part size when the upload begins (Seven Bridges answers
+        one at init, which may differ from the one asked), the handle holds it as `part_size`:
+        every part but the last is then exactly that long."""
         raise PlatformError(f"{self.name}: files cannot be written here", errno_=errno.EROFS)
 
     async def upload_part(self, handle: dict, number: int, body: PartBody) -> str:

@@ -75,8 +75,9 @@ class PartStore:
         return upload
 
     def get(self, upload_id: str) -> Upload | None:
+        """An upload still taking parts (S3: NoSuchUpload once completed or aborted)."""
         upload = self.uploads.get(upload_id)
-        return upload if upload is not None and not upload.aborted else None
+        return upload if upload is not None and not upload.aborted and not upload.completed else None
 
     def presign_part(self, request: Request, upload_id: str, number: int) -> tuple[str, int]:
         """A presigned PUT URL of the store for one part, and when it expires."""
@@ -112,6 +113,9 @@ class PartStore:
             return refuse(int(fault.get("status", 500)), "InternalError", f"injected failure of part {number}")
         if fault and fault["fault"] == "slow":
             await anyio.sleep(float(fault.get("seconds", 2)))  # uvicorn runs the emulator on asyncio
+            if upload.completed or upload.aborted:  # finished while this part slept
+                await _drain(request)
+                return refuse(404, "NoSuchUpload", "The specified upload does not exist.")
         digest = hashlib.md5()
         partial = upload.directory / f"{number}.{next(self._ids)}.partial"
         size = 0

@@ -28,6 +28,32 @@
   CWL `File` objects `{"class", "path": <file id>, "name", "secondaryFiles"}` or null (seed: Inputs;
   sevenbridges-python tests' task provider).
 
+Writes (docs.sevenbridges.com's upload and file calls; sevenbridges-python `transfer/upload.py` and
+`File`; sevenbridges2 `Upload` and `Part`), checked as strictly as the real service checks them:
+- `POST /v2/upload/multipart[?overwrite=true]` `{"project" | "parent", "name", "size", "part_size"}`
+  answers the upload (`upload_id`, `part_size`, `initiated`, ...). `size` is optional, as the docs
+  say; a `part_size` that is missing or that S3 cannot take (under 5 MiB, over 5 GiB, or more than
+  10,000 parts of `size`) is replaced by the service's own, which the answer states. A name already
+  taken in the folder is refused (409, 8004) unless `overwrite` is true and the name is a file's.
+- `GET /v2/upload/multipart/{id}/part/{n}` answers `{"method", "url", "expires", "headers",
+  "success_codes", "report": {"headers": ["ETag"]}}`: a presigned PUT of the shared part store
+  (`multipart.PartStore`), valid `knobs.part_url_lifetime` seconds (SBG: about a minute), with
+  `expires` in ISO 8601. Part numbers run 1..ceil(size / part_size) (one part for an empty file).
+- `POST /v2/upload/multipart/{id}/part` `{"part_number", "response": {"headers": {"ETag"}}}`
+  reports a part; `POST .../complete` (optionally `{"parts": [reports]}`, as sevenbridges2 sends)
+  assembles the file once every part is there with the ETag the store answered, its parts add up
+  to `size` and all but the last are at least 5 MiB (8007 otherwise), and answers the new file;
+  `overwrite` deletes the old file then (a new id). `DELETE /v2/upload/multipart/{id}` aborts.
+- `POST /v2/files` `{"name", "type": "folder", "project" | "parent"}` creates a folder (409, 5030
+  when the name is taken; names starting with `__` are refused, 5024); `DELETE /v2/files/{id}`
+  deletes a file or an empty folder (5021 otherwise); `PATCH /v2/files/{id}` `{"name"}` renames a
+  file (folders: 5023); `POST /v2/files/{id}/actions/move` `{"parent", "name"}` moves a file to a
+  folder of the same project (5015 across projects; folders cannot be moved this way).
+- Only members with `write` permission write (403: 5001, 8002); the public project is read-only.
+- `GET /v2/files` takes `name` (repeatable) to find files by name, as sevenbridges-python's query.
+What is written lives in this process only (the generated data on disk never changes), its bytes
+under `written/<pid>/` beside the generated objects, so that a test's emulator leaves nothing behind.
+
 The generated data (under `world.data_dir / "sevenbridges"`, reused when present) is a user
 `alice` with a WGS cohort project (FASTQ pairs, a task's BAM/BAI and VCF/TBI in folders, 130
 scatter interval lists in one folder, tasks that share a name), a small RNA project, a project
@@ -38,10 +64,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
+import os
 import random
 import shutil
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -50,7 +79,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from omicsfs.emulator import World, sampledata
+from omicsfs.emulator import World, multipart, sampledata
 
 PREFIX = "/sevenbridges"
 #: What `omicsfs demo` adds to this platform's table: the public reference project too.
@@ -374,6 +403,58 @@ class Account:
             if item["type"] == "file":
                 world.objects[item["id"]] = object_path(directory, item["id"])
         self.root_of = {p["root_folder"]: p for p in self.data["projects"]}
+        self.world = world
+        #: Where the bytes of files written through the API go: this process's own directory,
+        #: so that the generated data stays as generated whoever else serves it.
+        self.written = directory / "written" / str(os.getpid())
+        _remove_stale_written(directory / "written")
+
+    def folder(self, folder_id: str) -> tuple[dict, dict | None] | None:
+        """(project, folder item) of a folder id; the item is None for a project's root folder."""
+        if folder_id in self.root_of:
+            return self.root_of[folder_id], None
+        item = self.files.get(folder_id)
+        if item is None or item["type"] != "folder":
+            return None
+        return self.projects[item["project"]], item
+
+    def named(self, folder_id: str, name: str) -> dict | None:
+        return next((item for item in self.children.get(folder_id, []) if item["name"] == name), None)
+
+    def add(self, item: dict, path: Path | None = None) -> None:
+        self.files[item["id"]] = item
+        self.children.setdefault(item["parent"], []).append(item)
+        if path is not None:
+            self.world.objects[item["id"]] = path
+
+    def remove(self, item: dict) -> None:
+        del self.files[item["id"]]
+        self.children[item["parent"]].remove(item)
+        path = self.world.objects.pop(item["id"], None)
+        if path is not None and path.is_relative_to(self.written):  # never the generated data
+            path.unlink(missing_ok=True)
+
+    def move(self, item: dict, parent_id: str, name: str) -> None:
+        self.children[item["parent"]].remove(item)
+        item.update(parent=parent_id, name=name, modified_on=_stamp(datetime.now(timezone.utc)))
+        self.children.setdefault(parent_id, []).append(item)
+
+    def new_id(self) -> str:
+        """24 hex digits, time first, as the generated ids."""
+        return f"{int(time.time()):08x}{random.getrandbits(64):016x}"
+
+
+def _remove_stale_written(directory: Path) -> None:
+    """Drop what emulators that are gone wrote (a directory per process id)."""
+    if not directory.is_dir():
+        return
+    for child in directory.iterdir():
+        try:
+            os.kill(int(child.name), 0)
+        except ProcessLookupError:
+            shutil.rmtree(child, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
 
 
 def _public(item: dict) -> dict:
@@ -525,8 +606,9 @@ def routes(world: World) -> list[Route]:
                 return error(400, 5022, "The parent specified is not a folder.")
         else:
             return error(400, 5005, "Malformed project query parameter. Expecting `?project=owner/project`")
-        items = [file_resource(request, item) for item in account.children.get(parent_id, [])]
-        return page(request, items, "files")
+        names = query.getlist("name")
+        found = [item for item in account.children.get(parent_id, []) if not names or item["name"] in names]
+        return page(request, [file_resource(request, item) for item in found], "files")
 
     async def file(request, fid):
         found = account.files.get(fid)
@@ -572,8 +654,20 @@ def routes(world: World) -> list[Route]:
             return error(404, 7002, "Requested task does not exist.")
         return detail(request, task_resource(request, found))
 
+    writes = Writes(world, account, file_resource)
     v2 = f"/{API}"
+    upload = f"{v2}/upload/multipart"
     return [
+        Route(upload, endpoint(writes.init_upload), methods=["POST"]),
+        Route(f"{upload}/{{upload_id}}", endpoint(writes.upload_info), methods=["GET"]),
+        Route(f"{upload}/{{upload_id}}", endpoint(writes.abort_upload), methods=["DELETE"]),
+        Route(f"{upload}/{{upload_id}}/part/{{number}}", endpoint(writes.part_url), methods=["GET"]),
+        Route(f"{upload}/{{upload_id}}/part", endpoint(writes.report_part), methods=["POST"]),
+        Route(f"{upload}/{{upload_id}}/complete", endpoint(writes.complete_upload), methods=["POST"]),
+        Route(f"{v2}/files", endpoint(writes.create_folder), methods=["POST"]),
+        Route(f"{v2}/files/{{fid}}", endpoint(writes.delete), methods=["DELETE"]),
+        Route(f"{v2}/files/{{fid}}", endpoint(writes.update), methods=["PATCH"]),
+        Route(f"{v2}/files/{{fid}}/actions/move", endpoint(writes.move), methods=["POST"]),
         Route(f"{v2}/", endpoint(paths, auth=False)),
         Route(f"{v2}/user", endpoint(user)),
         Route(f"{v2}/rate_limit", endpoint(rate_limit)),
@@ -586,3 +680,362 @@ def routes(world: World) -> list[Route]:
         Route(f"{v2}/tasks", endpoint(tasks)),
         Route(f"{v2}/tasks/{{tid}}", endpoint(task)),
     ]
+
+
+# -- writes --------------------------------------------------------------------------------------
+
+MAX_PARTS = multipart.MAX_PARTS
+MIN_PART, MAX_PART = multipart.S3_MIN_PART, multipart.S3_MAX_PART
+MAX_FILE = 5 * 1024**4
+MAX_NAME = 255
+MiB = 1024 * 1024
+
+
+@dataclass
+class Upload:
+    """A multipart upload as the API holds it; its parts are in the shared part store."""
+
+    parts: multipart.Upload
+    project: dict
+    folder_id: str
+    name: str
+    size: int | None
+    part_size: int
+    overwrite: bool
+    initiated: str
+    #: part number -> the ETag reported for it
+    reported: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def part_count(self) -> int | None:
+        if self.size is None:
+            return None
+        return max(1, math.ceil(self.size / self.part_size))
+
+
+def default_part_size(size: int | None) -> int:
+    """The service's part size when the client's cannot be used: the smallest whole MiB that fits
+    the file in S3's part count, at least S3's minimum."""
+    needed = math.ceil((size or 0) / MAX_PARTS / MiB) * MiB
+    return max(MIN_PART, needed)
+
+
+def _valid_name(name: object) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= MAX_NAME and "/" not in name and name not in (".", "..")
+
+
+def _writable(project: dict) -> bool:
+    return bool(project.get("_member") and (project.get("permissions") or {}).get("write"))
+
+
+async def _json_body(request: Request) -> dict | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class Writes:
+    """The endpoints that change the account: uploads, folders, deletes, renames and moves."""
+
+    def __init__(self, world: World, account: Account, resource):
+        self.world = world
+        self.account = account
+        self.resource = resource
+        self.uploads: dict[str, Upload] = {}
+
+    def _target(self, body: dict, code: int) -> tuple[dict, str] | Response:
+        """The project and folder id that `project` or `parent` names, or the error to answer."""
+        project_id, parent_id = body.get("project"), body.get("parent")
+        if project_id and parent_id:
+            return error(400, 5031, "Providing both `parent` and `project` is not allowed.")
+        if project_id:
+            if not isinstance(project_id, str) or "/" not in project_id:
+                return error(400, 8010 if code == 8013 else 3012, "Malformed project id. Expecting `owner/project`.")
+            project = self.account.projects.get(project_id)
+            if project is None:
+                return error(404, 3002, "Requested project or member does not exist.")
+            return project, project["root_folder"]
+        if parent_id:
+            found = self.account.folder(str(parent_id))
+            if found is None:
+                if str(parent_id) in self.account.files:
+                    return error(400, 5022, "The parent specified is not a folder.")
+                return error(404, 5026, "Destination folder is not found.")
+            return found[0], str(parent_id)
+        return error(400, code, "Missing `parent` or `project` field.")
+
+    # -- uploads ---------------------------------------------------------------------------------
+
+    async def init_upload(self, request: Request) -> Response:
+        body = await _json_body(request)
+        if body is None:
+            return error(400, 8013, "Invalid `init` request.")
+        target = self._target(body, 8013)
+        if isinstance(target, Response):
+            return target
+        project, folder_id = target
+        if not _writable(project):
+            return error(403, 8002, "Insufficient privileges to access the requested file.")
+        name, size, part_size = body.get("name"), body.get("size"), body.get("part_size")
+        if not _valid_name(name):
+            return error(400, 5024, "Invalid name parameter. Check the documentation.")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE):
+            return error(400, 8013, f"Invalid `init` request: size must be between 0 and {MAX_FILE}.")
+        overwrite = request.query_params.get("overwrite", "false").lower() == "true"
+        taken = self.account.named(folder_id, name)
+        if taken is not None and not (overwrite and taken["type"] == "file"):
+            return error(409, 8004, "Requested file already exists.")
+        usable = isinstance(part_size, int) and MIN_PART <= part_size <= MAX_PART and (
+            size is None or math.ceil(size / part_size) <= MAX_PARTS)
+        if not usable:
+            part_size = default_part_size(size)
+        parts = self.world.parts.create(min_part=MIN_PART, max_part=MAX_PART, max_parts=MAX_PARTS)
+        upload = Upload(parts, project, folder_id, name, size, part_size, overwrite, _stamp(datetime.now(timezone.utc)))
+        self.uploads[parts.upload_id] = upload
+        return JSONResponse(self._upload_resource(request, upload))
+
+    def _upload_resource(self, request: Request, upload: Upload, list_parts: bool = False) -> dict:
+        base = f"{str(request.base_url).rstrip('/')}{PREFIX}/{API}"
+        resource = {
+            "href": f"{base}/upload/multipart/{upload.parts.upload_id}",
+            "upload_id": upload.parts.upload_id,
+            "project": upload.project["id"],
+            "parent": upload.folder_id,
+            "name": upload.name,
+            "size": upload.size,
+            "part_size": upload.part_size,
+            "initiated": upload.initiated,
+            "parallel_uploads": True,
+            "uploaded_parts_count": len(upload.reported),
+        }
+        if list_parts:
+            resource["parts"] = [
+                {"part_number": number, "response": {"headers": {"ETag": etag}}} for number, etag in sorted(upload.reported.items())
+            ]
+        return resource
+
+    def _upload(self, upload_id: str) -> Upload | Response:
+        upload = self.uploads.get(upload_id)
+        if upload is None or self.world.parts.get(upload_id) is None:
+            return error(404, 8003, "Requested upload does not exist.")
+        return upload
+
+    def _part_number(self, upload: Upload, value: object) -> int | None:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            return None
+        highest = upload.part_count or MAX_PARTS
+        return number if 1 <= number <= highest and not isinstance(value, bool) else None
+
+    async def upload_info(self, request: Request, upload_id: str) -> Response:
+        upload = self._upload(upload_id)
+        if isinstance(upload, Response):
+            return upload
+        list_parts = request.query_params.get("list_parts", "false").lower() == "true"
+        return JSONResponse(self._upload_resource(request, upload, list_parts))
+
+    async def part_url(self, request: Request, upload_id: str, number: str) -> Response:
+        upload = self._upload(upload_id)
+        if isinstance(upload, Response):
+            return upload
+        part = self._part_number(upload, number)
+        if part is None:
+            return error(400, 8012, "Part number is missing or invalid.")
+        url, expires = self.world.parts.presign_part(request, upload_id, part)
+        return JSONResponse({
+            "method": "PUT",
+            "url": url,
+            "expires": _stamp(datetime.fromtimestamp(expires, timezone.utc)),
+            "headers": {},
+            "success_codes": [200],
+            "report": {"headers": ["ETag"], "body": {}},
+        })
+
+    async def report_part(self, request: Request, upload_id: str) -> Response:
+        upload = self._upload(upload_id)
+        if isinstance(upload, Response):
+            return upload
+        body = await _json_body(request)
+        if body is None:
+            return error(400, 8014, "Invalid `part` report.")
+        number = self._part_number(upload, body.get("part_number"))
+        if number is None:
+            return error(400, 8012, "Part number is missing or invalid.")
+        etag = _reported_etag(body)
+        if etag is None:
+            return error(400, 8014, "Invalid `part` report.")
+        upload.reported[number] = etag
+        return Response(status_code=204)
+
+    async def complete_upload(self, request: Request, upload_id: str) -> Response:
+        upload = self._upload(upload_id)
+        if isinstance(upload, Response):
+            return upload
+        reported = dict(upload.reported)
+        if await request.body():
+            body = await _json_body(request)
+            if body is None or not isinstance(body.get("parts"), list):
+                return error(400, 8015, "Invalid list of parts. Expecting an object with `parts`: [ array of part reports ].")
+            reported = {}
+            for report in body["parts"]:
+                number = self._part_number(upload, report.get("part_number") if isinstance(report, dict) else None)
+                etag = _reported_etag(report) if isinstance(report, dict) else None
+                if number is None or etag is None:
+                    return error(400, 8015, "Invalid list of parts. Expecting an object with `parts`: [ array of part reports ].")
+                reported[number] = etag
+        refused = self._incomplete(upload, reported)
+        if refused:
+            return error(400, 8007, f"Failed to complete upload: {refused}")
+        taken = self.account.named(upload.folder_id, upload.name)
+        if taken is not None and not (upload.overwrite and taken["type"] == "file"):
+            return error(409, 8004, "Requested file already exists.")
+        file_id = self.account.new_id()
+        destination = self.account.written / file_id
+        try:
+            size, md5 = self.world.parts.complete(upload.parts, sorted(reported.items()), destination)
+        except multipart.UploadError as exc:
+            return error(400, 8007, f"Failed to complete upload: {exc}")
+        del self.uploads[upload_id]
+        if taken is not None:
+            self.account.remove(taken)  # overwrite: the old file goes, the new one takes its name
+        now = _stamp(datetime.now(timezone.utc))
+        item = {
+            "id": file_id,
+            "name": upload.name,
+            "type": "file",
+            "project": upload.project["id"],
+            "parent": upload.folder_id,
+            "size": size,
+            "created_on": now,
+            "modified_on": now,
+            "storage": {"type": "PLATFORM", "hosted_on_locations": ["aws:us-east-1"]},
+            "origin": {},
+            "metadata": {},
+            "tags": [],
+            "_md5": md5,
+        }
+        self.account.add(item, destination)
+        return JSONResponse(self.resource(request, item))
+
+    def _incomplete(self, upload: Upload, reported: dict[int, str]) -> str:
+        """Why the reported parts do not make the file, or "" when they do."""
+        held = upload.parts.parts
+        if upload.part_count is not None:
+            missing = sorted(set(range(1, upload.part_count + 1)) - reported.keys())
+            if missing:
+                return f"parts {missing[:10]} of {upload.part_count} were not reported"
+        elif not reported:
+            return "no part was reported"
+        for number, etag in reported.items():
+            if number not in held or held[number][0] != etag:
+                return f"part {number} was not uploaded, or its ETag does not match the one reported"
+        total = sum(held[number][1] for number in reported)
+        if upload.size is not None and total != upload.size:
+            return f"the parts hold {total} bytes, the upload was initialized with size {upload.size}"
+        return ""
+
+    async def abort_upload(self, request: Request, upload_id: str) -> Response:
+        upload = self._upload(upload_id)
+        if isinstance(upload, Response):
+            return upload
+        self.world.parts.abort(upload.parts)
+        del self.uploads[upload_id]
+        return Response(status_code=204)
+
+    # -- folders, deletes, renames, moves ----------------------------------------------------------
+
+    async def create_folder(self, request: Request) -> Response:
+        body = await _json_body(request)
+        if body is None:
+            return error(400, 90009, "An error occurred during the decoding of the request content.")
+        if body.get("type") != "folder":
+            return error(400, 5012, "Invalid `type` supplied. Allowed values: [folder].")
+        name = body.get("name")
+        if not _valid_name(name) or name.startswith("__"):
+            return error(400, 5024, "Invalid name parameter. Check the documentation.")
+        target = self._target(body, 5029)
+        if isinstance(target, Response):
+            return target
+        project, folder_id = target
+        if not _writable(project):
+            return error(403, 5001, "Insufficient privileges to access the requested file.")
+        if self.account.named(folder_id, name) is not None:
+            return error(409, 5030, "Requested folder already exists.")
+        now = _stamp(datetime.now(timezone.utc))
+        item = {"id": self.account.new_id(), "name": name, "type": "folder", "project": project["id"],
+                "parent": folder_id, "created_on": now, "modified_on": now}
+        self.account.add(item)
+        return JSONResponse(self.resource(request, item), status_code=201)
+
+    def _own(self, fid: str) -> dict | Response:
+        """The file or folder `fid`, if the user may change it."""
+        item = self.account.files.get(fid)
+        if item is None:
+            return error(404, 5002, "Requested file does not exist.")
+        if not _writable(self.account.projects[item["project"]]):
+            return error(403, 5001, "Insufficient privileges to access the requested file.")
+        return item
+
+    async def delete(self, request: Request, fid: str) -> Response:
+        item = self._own(fid)
+        if isinstance(item, Response):
+            return item
+        if item["type"] == "folder" and self.account.children.get(fid):
+            return error(400, 5021, "Deleting non-empty folders is not supported.")
+        self.account.remove(item)
+        return Response(status_code=204)
+
+    async def update(self, request: Request, fid: str) -> Response:
+        item = self._own(fid)
+        if isinstance(item, Response):
+            return item
+        if item["type"] == "folder":
+            return error(400, 5023, "Updating folder details is not supported.")
+        body = await _json_body(request)
+        if body is None:
+            return error(400, 90009, "An error occurred during the decoding of the request content.")
+        if "name" in body and body["name"] != item["name"]:
+            if not _valid_name(body["name"]):
+                return error(400, 5024, "Invalid name parameter. Check the documentation.")
+            if self.account.named(item["parent"], body["name"]) is not None:
+                return error(409, 5003, "Requested file already exists.")
+            self.account.move(item, item["parent"], body["name"])
+        if isinstance(body.get("metadata"), dict):
+            item["metadata"] = body["metadata"]
+        return JSONResponse(self.resource(request, item))
+
+    async def move(self, request: Request, fid: str) -> Response:
+        item = self._own(fid)
+        if isinstance(item, Response):
+            return item
+        if item["type"] == "folder":
+            return error(400, 5033, "Moving folders is not supported by this call.")
+        body = await _json_body(request)
+        if body is None or not body.get("parent"):
+            return error(400, 5033, "Invalid request please check the documentation.")
+        found = self.account.folder(str(body["parent"]))
+        if found is None:
+            return error(404, 5026, "Destination folder is not found.")
+        project, _ = found
+        if project["id"] != item["project"]:
+            return error(400, 5015, "Moving files between projects is not supported.")
+        name = body.get("name") or item["name"]
+        if not _valid_name(name):
+            return error(400, 5024, "Invalid name parameter. Check the documentation.")
+        taken = self.account.named(str(body["parent"]), name)
+        if taken is not None and taken is not item:
+            return error(409, 5003, "Requested file already exists.")
+        self.account.move(item, str(body["parent"]), name)
+        return JSONResponse(self.resource(request, item))
+
+
+def _reported_etag(report: dict) -> str | None:
+    """The ETag of a part report `{"part_number", "response": {"headers": {"ETag"}}}`, unquoted."""
+    headers = (report.get("response") or {}).get("headers") if isinstance(report.get("response"), dict) else None
+    if not isinstance(headers, dict):
+        return None
+    etag = next((value for key, value in headers.items() if key.lower() == "etag"), None)
+    return etag.strip().strip('"') if isinstance(etag, str) and etag.strip() else None
