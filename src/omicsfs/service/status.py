@@ -133,11 +133,12 @@ def duration(seconds: float) -> str:
 
 
 def _token(platform: dict) -> str:
-    expires = platform["token_expires"]
+    """Where the token comes from, and when it expires if it says."""
+    source, expires = platform["token_source"] or "", platform["token_expires"]
     if expires is None:
-        return ""
+        return source
     left = expires - time.time()
-    return f"expired at {utc(expires)}" if left <= 0 else f"expires {utc(expires)} (in {duration(left)})"
+    return f"{source}, " + (f"expired at {utc(expires)}" if left <= 0 else f"expires {utc(expires)} (in {duration(left)})")
 
 
 #: An upload's state (`staging.Record.state`), in words.
