@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -81,7 +80,8 @@ def add_on_the_platform(emulator: EmulatorProcess, appresult_id: str, name: str,
 def dd_direct(path: Path) -> int:
     """Read the whole file with O_DIRECT, past the kernel's page cache: every read reaches the
     daemon. The bytes dd copied."""
-    result = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M", "iflag=direct"], capture_output=True, text=True, check=True)
+    result = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M", "iflag=direct"], capture_output=True, text=True,
+                            check=True)
     return int(result.stderr.strip().splitlines()[-1].split()[0])
 
 

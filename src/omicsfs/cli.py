@@ -245,9 +245,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             if args.json:  # once: indented; watching: one line per snapshot (JSON Lines)
                 print(json.dumps(answer, indent=None if watching else 2, sort_keys=True))
             else:
-                if redraw:
-                    sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: drawn in place, as watch(1) does
-                print(table(answer) + (f"\n(every {args.watch:g} s; Ctrl-C to stop)" if watching else ""), end="\n" if watching else "")
+                text = table(answer) + (f"\n(every {args.watch:g} s; Ctrl-C to stop)\n" if watching else "")
+                # Home and clear first: drawn in place, as watch(1) does.
+                sys.stdout.write(("\x1b[H\x1b[2J" if redraw else "") + text)
             if not watching:
                 return 0
             sys.stdout.flush()

@@ -173,7 +173,8 @@ def table(status: dict) -> str:
         f"disk {human_size(cache['disk_used'])} of {human_size(cache['disk_capacity'])} in {config['cache_dir']}",
         f"          reads {cache['hits']} hits, {cache['misses']} misses"
         + (f" ({100 * cache['hits'] / served:.1f}% hits)" if served else "")
-        + f"; {human_size(cache['bytes_served'])} served; {human_size(cache['bytes_fetched'])} fetched in {cache['requests']} requests"
+        + f"; {human_size(cache['bytes_served'])} served"
+        + f"; {human_size(cache['bytes_fetched'])} fetched in {cache['requests']} requests"
         + (f"; {cache['torn_blocks']} torn blocks fetched again" if cache["torn_blocks"] else ""),
         "",
     ]
