@@ -1,10 +1,11 @@
-"""The `omicsfs` command: mount, unmount, login, demo, emulator."""
+"""The `omicsfs` command: mount, unmount, complete, status, refresh, login, demo, emulator."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -25,6 +26,9 @@ from omicsfs.service import notify
 from omicsfs.service.journal import JournalFormatter, stderr_is_journal
 
 log = logging.getLogger("omicsfs")
+
+#: Seconds `omicsfs status` waits for the daemon's answer (it has it at hand).
+STATUS_TIMEOUT = 30.0
 
 _URL_QUERY = re.compile(r"(https?://[^\s?'\"<>]+)\?[^\s'\"<>]*")
 
@@ -220,6 +224,67 @@ def cmd_action(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Names `omicsfs refresh` prints per directory that gained or lost them; the rest are counted.
+SHOWN_CHANGES = 20
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`omicsfs status MOUNTPOINT`: the running daemon's figures, once or every `--watch` seconds."""
+    from omicsfs.service.control import find_mount, request
+    from omicsfs.service.status import table
+
+    watching = args.watch is not None
+    if watching and not args.watch > 0:
+        print(f"omicsfs: --watch takes a number of seconds above 0, not {args.watch:g}", file=sys.stderr)
+        return 2
+    redraw = watching and not args.json and sys.stdout.isatty()
+    try:
+        mountpoint = find_mount(Path(args.mountpoint).absolute())
+        while True:
+            answer = request(mountpoint, "status", timeout=STATUS_TIMEOUT)
+            if args.json:  # once: indented; watching: one line per snapshot (JSON Lines)
+                print(json.dumps(answer, indent=None if watching else 2, sort_keys=True))
+            else:
+                text = table(answer) + (f"\n(every {args.watch:g} s; Ctrl-C to stop)\n" if watching else "")
+                # Home and clear first: drawn in place, as watch(1) does.
+                sys.stdout.write(("\x1b[H\x1b[2J" if redraw else "") + text)
+            if not watching:
+                return 0
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except OmicsfsError as exc:
+        print(f"omicsfs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """`omicsfs refresh PATH`: the daemon asks the platform again for PATH's listing (and below)."""
+    from omicsfs.service.control import find_mount, request
+
+    path = Path(args.path).absolute()
+    try:
+        mountpoint = find_mount(path)
+        answer = request(mountpoint, "refresh", path=str(path.relative_to(mountpoint)), recursive=args.recursive)
+    except OmicsfsError as exc:
+        print(f"omicsfs: {exc}", file=sys.stderr)
+        return 1
+    for directory in sorted(answer["refreshed"], key=lambda item: item["path"]):
+        added, removed = directory["added"], directory["removed"]
+        changes = "" if added is None else f", {len(added)} new, {len(removed)} gone"
+        entries = f"{directory['entries']} entr{'y' if directory['entries'] == 1 else 'ies'}"
+        print(f"refreshed {mountpoint / directory['path']}: {entries}{changes}")
+        for sign, names in (("+", added or []), ("-", removed or [])):
+            for name in names[:SHOWN_CHANGES]:
+                print(f"  {sign} {name}")
+            if len(names) > SHOWN_CHANGES:
+                print(f"  {sign} ... and {len(names) - SHOWN_CHANGES} more")
+    for failure in answer["failed"]:
+        print(f"omicsfs: {mountpoint / failure['path']}: not refreshed: {failure['error']}", file=sys.stderr)
+    return 1 if answer["failed"] else 0
+
+
 # -- login ---------------------------------------------------------------------------------------
 
 
@@ -367,6 +432,16 @@ def parser() -> argparse.ArgumentParser:
     complete = commands.add_parser("complete", help="mark a BaseSpace app result's session complete (an explicit act)")
     complete.add_argument("path", help="the app result's directory in a mount")
     complete.set_defaults(run=cmd_action, action="complete")
+    status = commands.add_parser("status", help="what a mount's daemon is doing: requests, cache, uploads")
+    status.add_argument("mountpoint", help="the mount point (or any path in the mount)")
+    status.add_argument("--json", action="store_true", help="as JSON, for scripts (keys: docs/CONFIGURATION.md)")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="show it again every SECONDS (default 2) until Ctrl-C")
+    status.set_defaults(run=cmd_status)
+    refresh = commands.add_parser("refresh", help="ask the platform again for a directory's listing, now")
+    refresh.add_argument("path", help="a directory in a mount")
+    refresh.add_argument("--recursive", "-r", action="store_true", help="and every directory below it listed so far")
+    refresh.set_defaults(run=cmd_refresh)
     login = commands.add_parser("login", help="get a platform's token and keep it in the table's token_file")
     login.add_argument("name", help="the platform table, [platforms.NAME]")
     login.add_argument("--config", help="configuration file (default: $OMICSFS_CONFIG, else ~/.config/omicsfs/config.toml)")

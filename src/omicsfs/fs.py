@@ -809,3 +809,126 @@ class Filesystem(pyfuse3.Operations):
         # platform's listings are asked again.
         self.listings.invalidate_platform(node.platform.name)
         return done
+
+    # -- refresh (`omicsfs refresh PATH [--recursive]`) ----------------------------------------
+
+    #: Listings one `omicsfs refresh --recursive` asks for at once.
+    REFRESH_PARALLEL = 8
+
+    async def refresh(self, path: str, recursive: bool = False) -> dict:
+        """Ask the platform again for the listing of the directory at `path` (relative to the mount
+        point) and, `recursive`, of every directory below it whose listing is cached; the kernel
+        forgets the names it holds there, so that the next `ls` or `stat` sees the platform as it
+        is now rather than when the listing was cached (up to `metadata_ttl` ago).
+
+        A directory whose entries came with its parent's listing (`Entry.children`: BaseSpace's
+        folders under Files) can only be asked again through that parent: the nearest directory
+        above it that the platform lists is refreshed, and then the way down from there.
+
+        What was refreshed: {"refreshed": [{"path", "entries", "added", "removed"}], "failed":
+        [{"path", "error"}]}; "added"/"removed" are None where no listing was cached before.
+        """
+        chain = await self._resolve(path)
+        if not chain[-1].entry.is_dir:
+            raise PlatformError(f"{path}: not a directory (refresh the directory that holds it)", errno_=errno.ENOTDIR)
+        listed = max(index for index, node in enumerate(chain) if node.platform is None or node.entry.children is None)
+        report: dict[str, list] = {"refreshed": [], "failed": []}
+        #: (directory inode, names) the kernel is to forget, once the new listings are in.
+        forget: list[tuple[int, set[str]]] = []
+        try:
+            node = chain[listed]
+            for below in chain[listed + 1 :]:
+                await self._refresh_directory(node, report, forget)
+                name = below.path.rsplit("/", 1)[-1]
+                entry, _ = await self._find(node, name)
+                if entry is None or not entry.is_dir:
+                    raise PlatformError(f"{below.path}: no longer on the platform", errno_=errno.ENOENT)
+                node = Node(0, entry, below.platform, below.path)
+            new = await self._refresh_directory(node, report, forget)
+            if recursive:
+                async with trio.open_nursery() as nursery:
+                    self._refresh_below(node, new, report, forget, nursery, trio.CapacityLimiter(self.REFRESH_PARALLEL))
+        finally:
+            await trio.to_thread.run_sync(self._forget_in_kernel, forget)
+        log.info("%s: refreshed %d listing(s)%s", path or "/", len(report["refreshed"]),
+                 f", {len(report['failed'])} failed" if report["failed"] else "")
+        return report
+
+    async def _resolve(self, path: str) -> list[Node]:
+        """The nodes from the root to `path` (ones of their own, not in the table)."""
+        chain = [self.nodes[pyfuse3.ROOT_INODE]]
+        for part in [part for part in path.split("/") if part and part != "."]:
+            parent = chain[-1]
+            entry = (await self._find(parent, part))[0] if parent.entry.is_dir else None
+            if entry is None:
+                raise PlatformError(f"{path}: no such file or directory", errno_=errno.ENOENT)
+            chain.append(Node(0, entry, self._platform_of(parent, part), self._path(parent, part)))
+        return chain
+
+    def _refresh_below(self, node: Node, listing: dict[str, Entry], report: dict, forget: list, nursery: trio.Nursery,
+                       limiter: trio.CapacityLimiter) -> None:
+        """Refresh, in `nursery`, each subdirectory in `listing` whose own listing is cached, and below."""
+        for name, entry in listing.items():
+            if not entry.is_dir:
+                continue
+            platform = self._platform_of(node, name)
+            if self.listings.cached((platform.name, entry.key)) is None:
+                continue  # nothing cached there: the next look asks the platform anyway
+            child = Node(0, entry, platform, self._path(node, name))
+            nursery.start_soon(self._refresh_subtree, child, report, forget, nursery, limiter)
+
+    async def _refresh_subtree(self, node: Node, report: dict, forget: list, nursery: trio.Nursery,
+                               limiter: trio.CapacityLimiter) -> None:
+        try:
+            async with limiter:
+                new = await self._refresh_directory(node, report, forget)
+        except PlatformError as exc:  # one directory that fails does not stop the others
+            log.warning("%s: refresh failed: %s", node.path, exc)
+            report["failed"].append({"path": node.path, "error": str(exc)})
+            return
+        self._refresh_below(node, new, report, forget, nursery, limiter)
+
+    async def _refresh_directory(self, node: Node, report: dict, forget: list) -> dict[str, Entry]:
+        """Drop one directory's cached listing and fetch it again; note what the kernel is to forget."""
+        place = self._place(node) if node.platform is not None else None
+        cached = self.listings.cached(place) if place is not None else None
+        # What `ls -a` showed before and shows now: the listing and what this mount adds to it.
+        old = set(cached) | set(self._extras(node)) if cached is not None else None
+        if place is not None:
+            self.listings.invalidate(place)
+        listing = await self.listing(node)
+        new = set(listing) | set(self._extras(node))
+        inode = self._kernel_inode(node)
+        if inode is not None:
+            # The old names (gone ones included), and the new ones: a name the kernel was told is
+            # absent (a negative entry) must be asked again too.
+            forget.append((inode, (old or set()) | new))
+        report["refreshed"].append({"path": node.path, "entries": len(new),
+                                    "added": sorted(new - old) if old is not None else None,
+                                    "removed": sorted(old - new) if old is not None else None})
+        return listing
+
+    def _kernel_inode(self, node: Node) -> int | None:
+        """The inode under which the kernel knows this directory, if it knows it."""
+        if node.platform is None:
+            return pyfuse3.ROOT_INODE
+        return self._inodes_by_identity.get((node.platform.name, node.entry.key, node.entry.version))
+
+    @staticmethod
+    def _forget_in_kernel(forget: list[tuple[int, set[str]]]) -> None:
+        """Make the kernel forget names and directories' attributes (in a worker thread: each call
+        waits for the kernel, which may first wait for a request of that directory that the event
+        loop is answering). The synchronous calls, unlike `invalidate_entry_async`, let `refresh`
+        return only once the kernel has forgotten: the next `ls` is sure to ask."""
+        for inode, names in forget:
+            for name in names:
+                try:
+                    pyfuse3.invalidate_entry(inode, os.fsencode(name))
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:  # ENOENT: the kernel did not hold that name
+                        log.warning("refresh: the kernel could not forget %r in inode %d: %s", name, inode, exc.strerror)
+            try:
+                pyfuse3.invalidate_inode(inode)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning("refresh: the kernel could not forget the attributes of inode %d: %s", inode, exc.strerror)

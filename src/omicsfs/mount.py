@@ -32,7 +32,7 @@ from omicsfs.platforms import platform_class
 from omicsfs.service.control import ControlServer
 from omicsfs.staging import Journal
 from omicsfs.uploads import Uploads
-from omicsfs.service import notify
+from omicsfs.service import notify, status
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,11 @@ async def _serve(config: Config, mountpoint: Path, ready: Callable[[], None], li
             # The prefetch window is capped so that prefetched blocks still fit the memory cache.
             settings = Settings(metadata_ttl=config.metadata_ttl, max_window=min(MAX_WINDOW, config.memory_cache_size // 2))
             filesystem = Filesystem(platforms, cache, settings, uploads)
-            control = ControlServer({"perform": lambda request: _perform(filesystem, request)})
+            control = ControlServer({
+                "perform": lambda request: _perform(filesystem, request),
+                "status": lambda request: _status(filesystem, config, mountpoint),
+                "refresh": lambda request: _refresh(filesystem, request),
+            })
             filesystem.control_path = await nursery.start(control.serve)
             try:
                 pyfuse3.init(filesystem, str(mountpoint), mount_options(config))
@@ -269,6 +273,14 @@ async def _serve(config: Config, mountpoint: Path, ready: Callable[[], None], li
 
 async def _perform(filesystem: Filesystem, request: dict) -> dict:
     return {"message": await filesystem.perform(str(request["action"]), str(request.get("path", "")))}
+
+
+async def _status(filesystem: Filesystem, config: Config, mountpoint: Path) -> dict:
+    return status.snapshot(filesystem, config, mountpoint)
+
+
+async def _refresh(filesystem: Filesystem, request: dict) -> dict:
+    return await filesystem.refresh(str(request.get("path", "")), recursive=bool(request.get("recursive")))
 
 
 async def _announce(mountpoint: Path, ready: Callable[[], None]) -> None:

@@ -192,6 +192,10 @@ class Uploads:
     def pending(self) -> list[Upload]:
         return [u for u in self._active.values() if u.record.state != "done"]
 
+    def remembered_count(self) -> int:
+        """Confirmed uploads kept as the listing of directories their platform cannot list."""
+        return sum(len(names) for names in self._remembered.values())
+
     # -- starting, writing -------------------------------------------------------------------
 
     def create(self, platform: Platform, parent: Entry, parent_path: str, name: str, replacing: Entry | None = None) -> Upload:
