@@ -116,7 +116,7 @@ def test_a_cut_listing_and_a_hostile_name_do_not_take_the_mount_down(mount, fres
     assert "BWA Alignment S1" in os.listdir(projects / hostile / "AppResults")
     assert mounted.daemon_pid() == pid
     log = mounted.log.read_text()
-    assert f"basespace/Projects/{hostile}/AppResults: opendir failed: KeyError: 'Id'" in log
+    assert f"basespace/Projects/{hostile}/AppResults: listing failed: KeyError: 'Id'" in log
     assert "Traceback" not in log, "a traceback only at --debug"
 
 

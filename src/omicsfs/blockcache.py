@@ -310,10 +310,25 @@ class ObjectStore:
                 self._lru[digest] = cached.held_bytes()
                 cached.close()
 
+    #: Disk space left free for others, whatever the cache's own bound: 5% of the disk, at most this.
+    RESERVE = 1024**3
+
+    def _limit(self) -> int:
+        """The cache's bound, lowered where the disk has less room left than that (as
+        mountpoint-s3 keeps 5% of its disk free), so that a full disk is met by eviction first."""
+        try:
+            disk = os.statvfs(self.directory)
+        except OSError:
+            return self.capacity
+        free = disk.f_bavail * disk.f_frsize
+        reserve = min(self.RESERVE, disk.f_blocks * disk.f_frsize // 20)
+        return max(0, min(self.capacity, self.used + free - reserve))
+
     def _evict(self) -> None:
         """Delete the least recently used objects until the cache fits (objects in use stay)."""
+        limit = self._limit()
         for digest in list(self._lru):
-            if self.used <= self.capacity:
+            if self.used <= limit:
                 return
             cached = self._open.get(digest)
             if cached is not None and cached.busy:
@@ -484,7 +499,13 @@ class _BlockWriter:
         cached = self.cached
         if position != self.position:
             raise PlatformError(f"bytes from {position} where {self.position} was expected")
-        os.pwrite(cached.data_fd, data, position)
+        written = 0
+        try:
+            while written < len(data):  # a short write (a disk filling up) is not a whole block
+                written += os.pwrite(cached.data_fd, data[written:], position + written)
+        except OSError as exc:
+            # The local disk, not the network: not retried as a transport failure would be.
+            raise PlatformError(f"cannot write to the cache in {cached.store.directory}: {exc.strerror}") from None
         while data:
             index = self.position // BLOCK_SIZE
             block_end = min(self.end, (index + 1) * BLOCK_SIZE)

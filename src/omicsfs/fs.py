@@ -130,6 +130,10 @@ def _guarded(name: str, operation):
         except PlatformError as exc:
             log.error("%s: %s failed: %s", self._describe(name, args), _operation(name, args), exc)
             raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:  # the local disk: a full cache or staging directory, above all
+            log.error("%s: %s failed: %s%s", self._describe(name, args), _operation(name, args), exc.strerror or exc,
+                      f" ({exc.filename})" if exc.filename else "", exc_info=log.isEnabledFor(logging.DEBUG))
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except Exception as exc:
             log.error("%s: %s failed: %s: %s", self._describe(name, args), _operation(name, args), type(exc).__name__, exc,
                       exc_info=log.isEnabledFor(logging.DEBUG))
@@ -142,7 +146,7 @@ def _operation(name: str, args: tuple) -> str:
     """An operation as a log line says it: a read with its size and offset, else its name."""
     if name == "read" and len(args) >= 3:
         return f"read of {args[2]} bytes at {args[1]}"
-    return name
+    return "listing" if name == "opendir" else name
 
 
 def guard_operations(cls):
@@ -632,7 +636,7 @@ class Filesystem(pyfuse3.Operations):
         node = self._node(inode)
         if not node.staged:
             directory = self._directory_of(node)
-            writable = not directory.entry.allows.isdisjoint(WRITABLE) or not node.entry.allows.isdisjoint(WRITABLE)
+            writable = "create" in directory.entry.allows or "create" in node.entry.allows
             if writable and not fields.update_size:
                 # Times and modes where files are written (`cp -p`, `rsync -a` set them after the
                 # copy): platforms keep their own dates and no modes, so the call succeeds and
@@ -678,6 +682,9 @@ class Filesystem(pyfuse3.Operations):
             await self.uploads.cancel(upload)
             log.info("%s: removed before its upload was confirmed; the upload is abandoned", self._path(parent, text))
             return
+        if text in META_FILES and isinstance(entry.key, tuple) and entry.key[:1] == ("meta",):
+            # A view of its directory's entity, gone with it: `rm -rf` passes over it, unpaused.
+            raise pyfuse3.FUSEError(errno.ENOENT)
         await self._delete(parent, text, entry)
 
     async def rmdir(self, parent_inode, name, ctx):
@@ -688,15 +695,15 @@ class Filesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if not entry.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if "delete" in entry.allows:  # the platform knows what empty means for its entities
-            await self._delete(parent, text, entry)
-            return
-        child = Node(0, entry, parent.platform, self._path(parent, text))  # not in the table
-        if [name for name, _, _ in await self._children(child) if name not in META_FILES]:
-            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        if entry.children is not None and self.listings.remove_created(self._place(parent), text) is not None:
+        place = self._place(parent)
+        if entry.children is not None and text in self.listings.created(place):  # made here, known only here
+            child = Node(0, entry, parent.platform, self._path(parent, text))  # not in the table
+            if [name for name, _, _ in await self._children(child) if name not in META_FILES]:
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            self.listings.remove_created(place, text)
             log.info("%s: directory removed (it existed only in the mount)", self._path(parent, text))
             return
+        # The platform knows what empty means for its entities (and refuses, or EROFS/EPERM here).
         await self._delete(parent, text, entry)
 
     async def _delete(self, parent: Node, name: str, entry: Entry) -> None:
@@ -712,8 +719,9 @@ class Filesystem(pyfuse3.Operations):
                          f"{parent.platform.title} does not delete it; deletes are paused for {DELETE_PAUSE:.0f} s")
         try:
             await parent.platform.delete(entry)
-        except PlatformError:
-            self._deletes_paused_until = time.monotonic() + DELETE_PAUSE
+        except PlatformError as exc:
+            if exc.errno != errno.ENOTEMPTY:  # a directory not yet emptied is no refusal
+                self._deletes_paused_until = time.monotonic() + DELETE_PAUSE
             raise
         self.listings.remove_created(self._place(parent), name)
         self.listings.invalidate(self._place(parent))
@@ -763,26 +771,36 @@ class Filesystem(pyfuse3.Operations):
         self._refuse(parent, self._path(parent, os.fsdecode(name)), "a special file", "platforms hold regular files only")
 
     async def setxattr(self, inode, name, value, ctx):
-        node = self._node(inode)
-        self._refuse(self._directory_of(node), node.path, f"setting {os.fsdecode(name)}", "attributes come from the platform")
+        self._refuse_xattr(self._node(inode), f"setting {os.fsdecode(name)}")
 
     async def removexattr(self, inode, name, ctx):
-        node = self._node(inode)
-        self._refuse(self._directory_of(node), node.path, f"removing {os.fsdecode(name)}", "attributes come from the platform")
+        self._refuse_xattr(self._node(inode), f"removing {os.fsdecode(name)}")
+
+    def _refuse_xattr(self, node: Node, what: str) -> NoReturn:
+        directory = self._directory_of(node)
+        if directory.entry.allows.isdisjoint(WRITABLE):
+            self._refuse(directory, node.path, what, "attributes come from the platform")
+        # Where files are written, "not supported" (as a file system without user attributes
+        # says): `cp -a` and `mv` from another file system carry on without a word.
+        log.debug("%s: %s: attributes come from the platform", node.path, what)
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     def _confirmed(self, upload: Upload) -> None:
         """The platform confirmed a file: it shows as the platform's, under the same inode."""
         entry, record = upload.entry, upload.record
         self.listings.add_created(upload.place, record.name, entry)
-        staged_identity = (record.platform, ("staged", record.id))
-        inode = self._inodes_by_identity.pop(staged_identity, None)
-        node = self.nodes.get(inode) if inode is not None else None
-        if node is None:
-            return
-        identity = (record.platform, entry.key)
-        node.entry, node.identity = entry, identity
-        node.obj = ObjectRef.for_file(record.platform, entry.uid or repr(entry.key), entry.version, entry.size)
-        self._inodes_by_identity[identity] = node.inode
+        # Every node of this upload (one made by `create`, or a platform file's being replaced),
+        # whether the kernel still looks it up or only an open descriptor holds it; an upload
+        # confirmed again (written to after a first close) moves them on again.
+        nodes = {id(node): node for node in self.nodes.values() if node.upload is upload}
+        nodes.update({id(h.node): h.node for h in self._handles.values() if isinstance(h, FileHandle) and h.upload is upload})
+        for node in nodes.values():
+            if self._inodes_by_identity.get(node.identity) == node.inode:
+                del self._inodes_by_identity[node.identity]
+            node.entry, node.identity = entry, (record.platform, entry.key)
+            node.obj = ObjectRef.for_file(record.platform, entry.uid or repr(entry.key), entry.version, entry.size)
+            if node.inode in self.nodes:
+                self._inodes_by_identity[node.identity] = node.inode
 
     def _adopt(self, upload: Upload, path: str) -> bool:
         """A confirmed upload's bytes become the cached copy of the platform's new file."""
@@ -794,17 +812,10 @@ class Filesystem(pyfuse3.Operations):
 
     async def perform(self, action: str, path: str) -> str:
         """Do a platform's explicit `action` on the entry at `path` (relative to the mount point)."""
-        node = self.nodes[pyfuse3.ROOT_INODE]
-        entry = node.entry
-        for part in [part for part in path.split("/") if part and part != "."]:
-            entry, _ = await self._find(node, part)
-            if entry is None:
-                raise PlatformError(f"{path}: no such file or directory", errno_=errno.ENOENT)
-            # A node of its own, not in the table: the kernel was told of none.
-            node = Node(0, entry, self._platform_of(node, part), self._path(node, part))
+        node = (await self._resolve(path))[-1]
         if node.platform is None or action not in node.platform.actions:
             raise PlatformError(f"{path or '/'}: {action} is not something this platform does", errno_=errno.EINVAL)
-        done = await node.platform.perform(action, entry)
+        done = await node.platform.perform(action, node.entry)
         # An act changes what entries allow (a completed app result takes no more files): the
         # platform's listings are asked again.
         self.listings.invalidate_platform(node.platform.name)
@@ -912,7 +923,7 @@ class Filesystem(pyfuse3.Operations):
         """The inode under which the kernel knows this directory, if it knows it."""
         if node.platform is None:
             return pyfuse3.ROOT_INODE
-        return self._inodes_by_identity.get((node.platform.name, node.entry.key, node.entry.version))
+        return self._inodes_by_identity.get((node.platform.name, node.entry.key))
 
     @staticmethod
     def _forget_in_kernel(forget: list[tuple[int, set[str]]]) -> None:

@@ -14,6 +14,7 @@ Both live under `<cache dir>/uploads/`: `<id>.data` and `<id>.json`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -99,12 +100,25 @@ class Journal:
     def data_path(self, record_id: str) -> Path:
         return self.directory / f"{record_id}.data"
 
-    def save(self, record: Record) -> None:
-        """Write the record whole (a temporary name, then a rename)."""
+    def save(self, record: Record, *, required: bool = False) -> None:
+        """Write the record whole (a temporary name, then a rename).
+
+        On a full disk an update is skipped with a warning and the upload goes on from memory: the
+        record on disk is older but whole, and a restart resumes from it (sending again what it
+        does not know was sent). A `required` save (a new upload's first) raises instead.
+        """
         path = self.directory / f"{record.id}.json"
         temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(asdict(record), ensure_ascii=True))
-        os.replace(temporary, path)
+        try:
+            temporary.write_text(json.dumps(asdict(record), ensure_ascii=True))
+            os.replace(temporary, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            if required or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("uploads: %s: the journal's record of it not updated (%s): the disk of %s is full",
+                        record.path, exc.strerror, self.directory)
 
     def remove(self, record: Record) -> None:
         with contextlib.suppress(FileNotFoundError):

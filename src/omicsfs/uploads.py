@@ -203,8 +203,8 @@ class Uploads:
         record = Record(self.journal.new_id(), platform.name, platform.kind, platform.settings.get("url", ""),
                         parent.key, parent_path, name, replacing_key=replacing.key if replacing else None,
                         remembers=parent.remembers_uploads)
+        self.journal.save(self._json_ready(record), required=True)
         upload = Upload(record, platform, StagedFile(self.journal.data_path(record.id)))
-        self.journal.save(self._json_ready(record))
         self._active[record.id] = upload
         return upload
 

@@ -312,6 +312,10 @@ class BugSeq(Platform):
         url = urljoin(self.host + "/", url)
         return url, url_expiry(url)
 
+    def presigned(self, entry: Entry) -> tuple[PresignedURLs, tuple[str, str]] | None:
+        kind, *args = entry.key
+        return (self.urls, tuple(args)) if kind == "output" else None
+
     def read(self, entry: Entry, start: int, end: int, *, what: str) -> AsyncIterator[bytes]:
         kind, *args = entry.key
         if kind == "upload":
