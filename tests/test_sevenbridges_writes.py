@@ -773,3 +773,18 @@ def test_rm_and_rmdir_delete_and_a_refusal_stops_the_deletes_after_it(sbg_mount,
     with pytest.raises(OSError) as full:
         os.rmdir(fresh / guarded.name / "sub")
     assert full.value.errno == errno.ENOTEMPTY and names(fresh / guarded.name / "sub") == ["c.txt"]
+
+
+@pytest.mark.mount
+def test_a_shells_redirection_then_an_in_place_write_keep_every_byte(sbg_mount, server):
+    """`printf ... > F` closes a duplicate of its descriptor first (an empty file, uploaded), then
+    writes and closes: the file shows what was written, and a later in-place write keeps it."""
+    mounted = sbg_mount()
+    path = tree(mounted) / f"redirected-{uuid.uuid4().hex[:8]}.txt"
+    subprocess.run(["bash", "-c", f"printf 'hello world\\n' > '{path}'"], check=True)
+    assert path.read_bytes() == b"hello world\n"
+    assert subprocess.run(["cat", str(path)], capture_output=True, check=True).stdout == b"hello world\n"
+    subprocess.run(["bash", "-c", f"printf J | dd of='{path}' bs=1 conv=notrunc status=none"], check=True)
+    assert path.read_bytes() == b"Jello world\n"
+    assert stored(server, file_id(path)) == b"Jello world\n"
+    assert (tree(sbg_mount()) / path.name).read_bytes() == b"Jello world\n"
