@@ -6,6 +6,7 @@ everyone may enter (pytest's own temporary directories are closed to others).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -86,9 +87,12 @@ def test_the_helper_mounts_as_mount8_calls_it_and_umount_ends_it(fresh_emulator,
     wait_gone(pid)
     assert_no_secrets(log, [fresh_emulator.token])
 
-    # Without allow_other, the kernel keeps every other user out of the mount.
-    mounted = run(HELPER, config, mountpoint, "-o", f"rw,cache_dir={tmp_path / 'cache'},log_file={log}")
+    # Without allow_other, the kernel keeps every other user out of the mount; a value option
+    # (write_back=) reaches the daemon.
+    mounted = run(HELPER, config, mountpoint, "-o", f"rw,cache_dir={tmp_path / 'cache'},write_back=async,log_file={log}")
     assert mounted.returncode == 0, mounted.stderr
+    status = run(Path(sys.executable).parent / "omicsfs", "status", mountpoint, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["config"]["write_back"] == "async", status.stderr
     refused = run(*NOBODY, "ls", mountpoint)
     assert refused.returncode != 0 and "Permission denied" in refused.stderr
     assert run("umount", mountpoint).returncode == 0 and not is_mounted(mountpoint)

@@ -1,8 +1,8 @@
 """The FUSE file system: inodes over platform entries, listings, reads, and writes that become uploads.
 
 Nothing here knows a platform: it sees `Entry` values and calls the `Platform` interface. The
-inode table keys nodes by (platform, key, version), so that a file whose content changed gets a
-new inode, and thereby a fresh page cache. Listings live in `listings.py`, apart from the nodes:
+inode table keys nodes by (platform, key): a file whose content changed (another version) keeps
+its inode, reads other cached blocks, and the kernel is told to drop its pages. Listings live in `listings.py`, apart from the nodes:
 a node is made when the kernel learns of it (`lookup`, `readdir`) and dropped when the kernel
 forgets it, so the daemon holds what the kernel's own caches hold, however large the tree a `find`
 walked, and a forgotten node costs no listing while that is fresh.
@@ -411,7 +411,7 @@ class Filesystem(pyfuse3.Operations):
             handle.reader = self._reader(node)
             self.cache.nursery.start_soon(self._prepare, node)
         self._handles[fh] = handle
-        # Files are immutable at one version (a new version is a new inode): keep the page cache.
+        # A version's bytes never change (a new version invalidates the inode): keep the page cache.
         return pyfuse3.FileInfo(fh=fh, keep_cache=not node.staged)
 
     async def read(self, fh, off, size):

@@ -11,7 +11,7 @@ mount(8) and systemd's mount units wait for. `umount DIR` ends it.
 
 Options: `allow_other` (everyone may read, as the mode bits allow), `default_permissions` (always
 on: the kernel checks the mode bits), and `omicsfs mount`'s own options with underscores:
-`cache_dir=`, `cache_size=`, `memory_cache_size=`, `metadata_ttl=`, `log_file=`, `debug`. The
+`cache_dir=`, `cache_size=`, `memory_cache_size=`, `metadata_ttl=`, `write_back=`, `log_file=`, `debug`. The
 options mount(8) and systemd pass on for every file system are accepted and change nothing here;
 any other is an error (with `-s`, mount's "sloppy", a warning), so that a typo does not pass
 silently.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 
 #: mount options → `omicsfs mount` options taking a value.
-VALUE_OPTIONS = {name: "--" + name.replace("_", "-") for name in ("cache_dir", "cache_size", "memory_cache_size", "metadata_ttl", "log_file")}
+VALUE_OPTIONS = {name: "--" + name.replace("_", "-") for name in ("cache_dir", "cache_size", "memory_cache_size", "metadata_ttl", "write_back", "log_file")}
 #: mount options → `omicsfs mount` flags (None: always on, nothing to pass).
 FLAG_OPTIONS = {"allow_other": "--allow-other", "debug": "--debug", "default_permissions": None}
 #: What mount(8) and systemd pass on for any file system: none of it changes an omicsfs mount.
