@@ -92,6 +92,17 @@ def test_demo_mounts_every_platform_and_unmounts_on_ctrl_c(tmp_path, emulator):
         assert f'samtools view -c "{bam}" chr1:100000-200000' in text
         count = subprocess.run(["samtools", "view", "-c", str(bam), "chr1:100000-200000"], capture_output=True, text=True)
         assert int(count.stdout) > 0
+        # The write hints too, each line as the banner shows it, through a shell.
+        writes = text.split("Writes become uploads", 1)[1].split("Press Ctrl-C", 1)[0].strip().splitlines()[1:]
+        assert len(writes) == 6
+        for line in writes:
+            done = subprocess.run(["bash", "-c", line.strip()], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, (line, done.stderr)
+        uploaded = {kind: mountpoint / kind / place / "os-release" for kind, place in (
+            ("basespace", "Projects/Tumor-Normal WGS/AppResults/My Calls/Files"),
+            ("sevenbridges", "Projects/alice/wgs-cohort"), ("bugseq", "uploads"))}
+        for path in uploaded.values():
+            assert path.read_bytes() == Path("/etc/os-release").read_bytes(), path
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0
         assert not is_mounted(mountpoint)

@@ -339,8 +339,23 @@ Try, in another terminal:
   find {mnt}/isabl/projects -maxdepth 8 | head -30
   df -h {mnt}
 
+Writes become uploads, where each platform takes them (docs/SEMANTICS.md, "Writing"):
+  mkdir "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/My Calls"
+  cp /etc/os-release "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/My Calls/Files/"
+  {omicsfs} complete "{mnt}/basespace/Projects/Tumor-Normal WGS/AppResults/My Calls"
+  cp /etc/os-release {mnt}/sevenbridges/Projects/alice/wgs-cohort/
+  cp /etc/os-release {mnt}/bugseq/uploads/ && getfattr -n user.omicsfs.id {mnt}/bugseq/uploads/os-release
+  {omicsfs} status {mnt}
+
 Press Ctrl-C here to unmount and stop.
 """
+
+
+def _command_name() -> str:
+    """How to run this omicsfs from a shell: `omicsfs` where PATH finds this one, else its path."""
+    here = Path(sys.executable).parent / "omicsfs"
+    found = shutil.which("omicsfs")
+    return "omicsfs" if found and Path(found).resolve() == here.resolve() else str(here)
 
 
 def demo_config(url: str, token: str, cache_dir: Path) -> Config:
@@ -372,7 +387,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         emulator.wait_ready()
         config = demo_config(emulator.url, emulator.token, cache_dir)
         setup_logging(args.debug, config.secrets())
-        return _serve_foreground(config, mountpoint, None, banner=DEMO_HINTS.format(mnt=mountpoint))
+        return _serve_foreground(config, mountpoint, None, banner=DEMO_HINTS.format(mnt=mountpoint, omicsfs=_command_name()))
     except (OmicsfsError, RuntimeError, TimeoutError) as exc:
         print(f"omicsfs: {exc}", file=sys.stderr)
         return 1
