@@ -395,13 +395,17 @@ class Http:
                         raise httpx.RemoteProtocolError("the body ended before the range did")
             except RETRY_EXCEPTIONS as exc:
                 failures += 1
-                cause = f"{type(exc).__name__} after {received} bytes of GET {redact_url(url)}"
-                if failures >= self.retry.attempts:
-                    raise self._failed(PlatformError(f"{what}: gave up after {failures} attempts; last: {cause}")) from None
-                self.stats.retries += 1
-                delay = self.retry.backoff(failures - 1)
-                log.warning("%s: %s; resuming at byte %d in %.1f s", what, cause, position, delay)
-                await trio.sleep(delay)
+                await self._resume_later(what, f"{type(exc).__name__} after {received} bytes of GET {redact_url(url)}",
+                                         failures, position)
+
+    async def _resume_later(self, what: str, cause: str, failures: int, position: int) -> None:
+        """A ranged read cut short: give up once the tries are spent, else wait before it resumes."""
+        if failures >= self.retry.attempts:
+            raise self._failed(PlatformError(f"{what}: gave up after {failures} attempts; last: {cause}")) from None
+        self.stats.retries += 1
+        delay = self.retry.backoff(failures - 1)
+        log.warning("%s: %s; resuming at byte %d in %.1f s", what, cause, position, delay)
+        await trio.sleep(delay)
 
     async def read_range_into(
         self, url: str, start: int, end: int, write: Callable[[int, memoryview], None], landed: Callable[[int], None], *,
@@ -455,13 +459,8 @@ class Http:
                 return
             except OSError as exc:
                 failures += 1
-                cause = f"{type(exc).__name__} ({exc}) after {position - first} bytes of GET {redact_url(url)}"
-                if failures >= self.retry.attempts:
-                    raise self._failed(PlatformError(f"{what}: gave up after {failures} attempts; last: {cause}")) from None
-                self.stats.retries += 1
-                delay = self.retry.backoff(failures - 1)
-                log.warning("%s: %s; resuming at byte %d in %.1f s", what, cause, position, delay)
-                await trio.sleep(delay)
+                await self._resume_later(what, f"{type(exc).__name__} ({exc}) after {position - first} bytes of GET "
+                                               f"{redact_url(url)}", failures, position)
                 continue
             if answer is None:
                 log.debug("%s: GET %s (bytes=%d-%d) in a worker: %d bytes in %.3f s", what, redact_url(url), first, end - 1,
