@@ -5,13 +5,11 @@ region query touches the index and a few such blocks, so a random read fetches l
 it needs; a long sequential read is not slowed by the small unit, since it goes out as ranged
 GETs of up to 16 MiB covering many blocks (see `reader.py`).
 
-Why sparse files read with `preadv` and written with `pwrite`, and no blocks in Python's memory:
-a kernel read is one system call, which releases the GIL, where Python objects per block cost
-the single event-loop thread its time; the kernel's page cache keeps what was read recently,
-outside the daemon, and drops it under memory pressure. The daemon holds only what is in flight,
-so its memory stays bounded whatever the files' sizes. Bytes in the page cache are copied on the
-event loop (RWF_NOWAIT); bytes that must come from the disk are read in a worker thread, so a slow
-disk never holds up the other requests.
+Why sparse files read with `os.pread` and written with `os.pwrite`, and no blocks in Python's
+memory: a read of 1 MiB is one system call, which releases the GIL, where Python objects per
+block cost the single event-loop thread its time; the kernel's page cache keeps what was read
+recently, outside the daemon, and drops it under memory pressure. The daemon holds only what is
+in flight, so its memory stays bounded whatever the files' sizes.
 
 Each object (`<digest>.data`) has an index (`<digest>.index`): per block its CRC32 and whether
 it is held. A block's bytes are written before its index record, and a block read from an
@@ -43,10 +41,6 @@ from omicsfs.errors import PlatformError
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 64 * 1024
-
-# preadv's flag to read only what the page cache holds (Linux 4.14+); 0 where it is missing,
-# and set to 0 if the filesystem under the cache refuses it, so every read goes to a thread.
-NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 @dataclass(frozen=True)
 class IntoSource:
@@ -184,53 +178,21 @@ class CachedObject:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def check(self, first: int, last: int) -> bool:
-        """Check blocks of an earlier mount before they are first served; False if one was torn.
-
-        The blocks are read and summed in a worker thread: after a remount every block of a
-        re-read is checked once, and the event loop must not wait on the disk meanwhile."""
+    def check(self, first: int, last: int) -> bool:
+        """Check blocks of an earlier mount before they are first served; False if one was torn."""
+        whole = True
         if self.unchecked.find(1, first, last + 1) < 0:
             return True
-        pending = [i for i in range(first, last + 1) if self.unchecked[i]]
-
-        def verdicts() -> list[bool]:
-            return [self._intact(index) for index in pending]
-
-        whole = True
-        for index, intact in zip(pending, await trio.to_thread.run_sync(verdicts)):
-            if not self.unchecked[index]:
-                continue  # fetched again or checked by another reader meanwhile
-            if intact:
-                self.unchecked[index] = 0
-            else:
-                log.warning("cache: discarding torn or corrupt block %s#%d", self.obj.hex, index)
-                self.drop(index)
-                whole = False
+        for index in range(first, last + 1):
+            if self.unchecked[index]:
+                data = os.pread(self.data_fd, self.obj.block_length(index), index * BLOCK_SIZE)
+                if len(data) == self.obj.block_length(index) and zlib.crc32(data) == self.crcs[index]:
+                    self.unchecked[index] = 0
+                else:
+                    log.warning("cache: discarding torn or corrupt block %s#%d", self.obj.hex, index)
+                    self.drop(index)
+                    whole = False
         return whole
-
-    def _intact(self, index: int) -> bool:
-        length = self.obj.block_length(index)
-        data = os.pread(self.data_fd, length, index * BLOCK_SIZE)
-        return len(data) == length and zlib.crc32(data) == self.crcs[index]
-
-    async def pread(self, size: int, offset: int) -> bytes | bytearray:
-        """Held bytes from the data file: straight from the page cache when they are there (most
-        re-reads), else in a worker thread, so a read from disk never stalls other requests."""
-        global NOWAIT
-        buf = bytearray(size)
-        got = 0
-        if NOWAIT:
-            try:
-                got = os.preadv(self.data_fd, [buf], offset, NOWAIT)
-            except BlockingIOError:
-                pass
-            except OSError:
-                NOWAIT = 0
-        if got < size:
-            view = memoryview(buf)[got:]
-            rest = await trio.to_thread.run_sync(os.preadv, self.data_fd, [view], offset + got)
-            got += rest
-        return buf if got == size else buf[:got]
 
 
 class ObjectStore:
@@ -457,7 +419,7 @@ class BlockCache:
         while True:
             missing = cached.held.find(0, first, last + 1)
             if missing < 0:
-                if await cached.check(first, last):
+                if cached.check(first, last):
                     break
                 self.stats.torn_blocks += 1
                 self.prefetch(cached, source, first, last)  # torn blocks: fetched again
@@ -475,7 +437,7 @@ class BlockCache:
         else:
             self.stats.hits += 1
         self.stats.bytes_served += size
-        return await cached.pread(size, offset)
+        return os.pread(cached.data_fd, size, offset)
 
     async def _fetch(self, cached: CachedObject, source: Source, fetch: _Fetch) -> None:
         obj = cached.obj
