@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,18 @@ class Mounted:
         if pid is None:
             raise LookupError(f"no daemon for {self.path}")
         return pid
+
+
+def wait_for(condition, what: str = "the condition", timeout: float = 120):
+    """Poll `condition` until it returns something true, and return that; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.1)
 
 
 def md5sums(paths: list[Path]) -> dict[Path, str]:

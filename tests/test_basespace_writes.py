@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from omicsfs.errors import AccessDenied, PlatformError
 from omicsfs.http import Http, RetryPolicy, new_client
 from omicsfs.platform import Entry, PartBody
 from omicsfs.platforms.basespace import BaseSpace
-from tests.conftest import TEST_LARGE_FILE, md5sums, platform_table, run_omicsfs
+from tests.conftest import TEST_LARGE_FILE, md5sums, platform_table, run_omicsfs, wait_for
 
 MiB = 1024 * 1024
 WGS = "Projects/Tumor-Normal WGS"
@@ -452,16 +451,6 @@ def stored_md5(emulator: EmulatorProcess, path: Path) -> str:
     return md5(Path(emulator.data_dir) / "written" / f"basespace-{emulator.process.pid}" / file_id(path))
 
 
-def wait_for(condition, what: str, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"waited {timeout:.0f} s for {what}")
-
-
 def test_cp_of_empty_small_and_100_mib_files_reads_back_through_a_fresh_mount(bs_mount, bs, tmp_path):
     _, root = bs_mount()
     files = new_place(root)
@@ -475,6 +464,8 @@ def test_cp_of_empty_small_and_100_mib_files_reads_back_through_a_fresh_mount(bs
     (files / "deep" / "er").mkdir(parents=True)
     run("cp", str(sources[0]), str(sources[1]), str(files))
     run("cp", str(sources[2]), str(files / "deep" / "er"))
+    # An empty file is sent when its descriptor is released, just after cp's close (fs.flush).
+    wait_for(lambda: bs.stats()["uploads_completed"] == 3, "the three uploads", timeout=10)
     written = [files / "empty.bin", files / "small.vcf", files / "deep/er/large.bam"]
     expected = [md5(source) for source in sources]
     assert [md5(path) for path in written] == expected

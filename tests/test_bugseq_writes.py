@@ -31,7 +31,7 @@ from omicsfs.errors import AccessDenied, PlatformError
 from omicsfs.http import Http, RetryPolicy, new_client
 from omicsfs.platform import Entry, PartBody
 from omicsfs.platforms import bugseq
-from tests.conftest import md5sums, platform_table, run_omicsfs
+from tests.conftest import md5sums, platform_table, run_omicsfs, wait_for
 
 MiB = 1024 * 1024
 #: A quick retry policy: the knobs' faults are retried in milliseconds, not seconds.
@@ -508,6 +508,8 @@ def test_cp_of_every_size_lands_and_a_fresh_mount_lists_it(mount, fresh_emulator
     first = bugseq_mount(mount, fresh_emulator, cache)
     uploads = first.path / "bugseq" / "uploads"
     run("cp", *files, uploads)
+    # An empty file is sent when its descriptor is released, just after cp's close (fs.flush).
+    wait_for(lambda: fresh_emulator.stats()["uploads_completed"] == 3, "the three uploads", timeout=10)
 
     assert sorted(os.listdir(uploads)) == ["barcode01.fastq", "empty.txt", "run.fastq.gz"]
     ids = {}
@@ -607,6 +609,7 @@ def test_rsync_inplace_of_a_directory(mount, fresh_emulator, tmp_path):
     mounted = bugseq_mount(mount, fresh_emulator, tmp_path / "cache")
     uploads = mounted.path / "bugseq" / "uploads"
     run("rsync", "-r", "--inplace", f"{local}/", f"{uploads}/")
+    wait_for(lambda: fresh_emulator.stats()["uploads_completed"] == 3, "the three uploads", timeout=10)  # the empty one at release
     assert sorted(os.listdir(uploads)) == ["empty.log", "reads.fastq", "sample.csv"]
     for path in local.iterdir():
         assert stored(fresh_emulator, file_id(uploads / path.name)) == path.read_bytes()

@@ -20,7 +20,7 @@ import pytest
 
 from omicsfs.emulator import sampledata
 from omicsfs.mount import daemon_pid, is_mounted
-from tests.conftest import run_omicsfs
+from tests.conftest import run_omicsfs, wait_for
 
 PROJECT = "basespace/Projects/Tumor-Normal WGS"
 S1_FILES = f"{PROJECT}/Samples/S1/Files"
@@ -54,17 +54,6 @@ def source_bytes(emulator, item: dict) -> bytes:
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
-
-
-def wait_for(condition, seconds: float = 15.0):
-    """Poll `condition` until it returns something true; fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            assert value, f"not seen within {seconds} s"
-            return value
-        time.sleep(0.1)
 
 
 def sample_id(account: dict, name: str) -> str:
@@ -408,7 +397,7 @@ def test_lazy_unmount_with_a_file_open(mount, account):
         assert not is_mounted(mounted.path)
         rest = file.read()  # an open file still reads after a lazy unmount
     assert md5(head + rest) == item_at(account, f"{WGS}/Variants/S1.vcf.gz")["Md5"]
-    wait_for(lambda: daemon_pid(mounted.path) is None, seconds=30)  # and the daemon ends once it is closed
+    wait_for(lambda: daemon_pid(mounted.path) is None, timeout=30)  # and the daemon ends once it is closed
 
 
 def test_an_unmount_right_after_a_read_keeps_what_was_read(mount, fresh_emulator, account, tmp_path):
@@ -419,7 +408,7 @@ def test_an_unmount_right_after_a_read_keeps_what_was_read(mount, fresh_emulator
     bam = f"{WGS}/Alignment/S1.bam"
     (first.path / bam).stat()
     subprocess.run(["sh", "-c", 'cat "$1" > /dev/null && fusermount3 -u "$2"', "sh", str(first.path / bam), str(first.path)], check=True)
-    wait_for(lambda: daemon_pid(first.path) is None, seconds=60)
+    wait_for(lambda: daemon_pid(first.path) is None, timeout=60)
 
     fresh_emulator.reset_stats()
     second = mount(None, cache_dir=cache)

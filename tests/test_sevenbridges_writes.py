@@ -21,7 +21,6 @@ import os
 import random
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from omicsfs.http import Http, RetryPolicy, new_client
 from omicsfs.platform import Entry, PartBody
 from omicsfs.platforms import sevenbridges
 from omicsfs.mount import is_mounted
-from tests.conftest import TEST_LARGE_FILE, md5sums, platform_table
+from tests.conftest import TEST_LARGE_FILE, md5sums, platform_table, wait_for
 
 MiB = 1024 * 1024
 #: Quick retries: the faults are injected, the waits would only slow the tests.
@@ -527,14 +526,6 @@ def write_file(path: Path, size: int, seed: int) -> bytes:
     return content
 
 
-def wait_for(condition, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout:.0f} s")
-        time.sleep(0.2)
-
-
 @pytest.mark.mount
 def test_cp_and_mkdir_read_back_through_a_fresh_mount(sbg_mount, server, tmp_path):
     sources = {"empty.txt": b"", "samplesheet.csv": data(10_000, seed=10), "reads.bam": data(100 * MiB, seed=11)}
@@ -544,6 +535,8 @@ def test_cp_and_mkdir_read_back_through_a_fresh_mount(sbg_mount, server, tmp_pat
     target = tree(first) / f"cp-{uuid.uuid4().hex[:8]}"
     target.mkdir()  # a folder on Seven Bridges
     subprocess.run(["cp", *(str(tmp_path / name) for name in sources), str(target)], check=True)
+    # The empty file is sent when its descriptor is released, just after cp's close (fs.flush).
+    wait_for(lambda: server.stats()["uploads_completed"] == 3, "the three uploads", timeout=10)
 
     expected = {name: md5(content) for name, content in sources.items()}
     assert {path.name: value for path, value in md5sums([target / name for name in sources]).items()} == expected
@@ -777,11 +770,14 @@ def test_rm_and_rmdir_delete_and_a_refusal_stops_the_deletes_after_it(sbg_mount,
 
 @pytest.mark.mount
 def test_a_shells_redirection_then_an_in_place_write_keep_every_byte(sbg_mount, server):
-    """`printf ... > F` closes a duplicate of its descriptor first (an empty file, uploaded), then
-    writes and closes: the file shows what was written, and a later in-place write keeps it."""
+    """`printf ... > F` closes a duplicate of its descriptor before it writes: the empty file is
+    not uploaded then, only what was written, once, when the last descriptor closes; the file
+    shows it, and a later in-place write keeps it."""
     mounted = sbg_mount()
     path = tree(mounted) / f"redirected-{uuid.uuid4().hex[:8]}.txt"
     subprocess.run(["bash", "-c", f"printf 'hello world\\n' > '{path}'"], check=True)
+    stats = server.stats()
+    assert (stats["uploads_started"], stats["uploads_completed"], stats["upload_bytes"]) == (1, 1, 12)
     assert path.read_bytes() == b"hello world\n"
     assert subprocess.run(["cat", str(path)], capture_output=True, check=True).stdout == b"hello world\n"
     subprocess.run(["bash", "-c", f"printf J | dd of='{path}' bs=1 conv=notrunc status=none"], check=True)

@@ -615,8 +615,16 @@ class Filesystem(pyfuse3.Operations):
 
     async def flush(self, fh):
         handle = self._handles.get(fh)
-        if isinstance(handle, FileHandle) and handle.writing and handle.upload.writers == 1:
-            await self._upload(handle, wait=None)
+        if not isinstance(handle, FileHandle) or not handle.writing or handle.upload.writers != 1:
+            return
+        upload = handle.upload
+        if upload.staged.size == 0 and upload.entry is None:
+            # Nothing written yet and nothing on the platform: a shell's `cmd > F` (and dd's
+            # `of=`) opens F, dups the descriptor and closes the original before a byte is
+            # written; uploading here would send an empty file first. `release` sends it if
+            # this was the last descriptor after all (`touch`, an empty `cp`).
+            return
+        await self._upload(handle, wait=None)
 
     async def fsync(self, fh, datasync):
         handle = self._handles.get(fh)
