@@ -1,10 +1,12 @@
-"""What bench/ relies on, without mounting: the emulator's store knob and object list, and the
-bench's delaying proxy forwarding requests and bodies intact. No timing is asserted."""
+"""What bench/ relies on, without mounting: the emulator's store knob and object list, the bench's
+delaying proxy forwarding requests and bodies intact, and the write bench's baseline uploader
+storing what it was given. No timing is asserted."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import random
 import sys
 from pathlib import Path
 
@@ -22,7 +24,7 @@ def bench_modules():
     """bench/'s modules, imported as its scripts import each other (bench/ first on the path)."""
     sys.path.insert(0, str(BENCH))
     try:
-        yield {name: importlib.import_module(name) for name in ("delayproxy", "store", "harness", "read_report", "bench_read")}
+        yield {name: importlib.import_module(name) for name in ("delayproxy", "store", "harness", "read_report", "bench_read", "bench_write")}
     finally:
         sys.path.remove(str(BENCH))
 
@@ -74,3 +76,18 @@ def test_bench_imports_and_its_proxy_forwards_requests_and_bodies_intact(bench_m
     finally:
         proxy.stop()
     assert proxy.process.returncode is not None
+
+
+def test_the_write_benchs_direct_uploader_stores_the_bytes_it_was_given(bench_modules, fresh_emulator, tmp_path):
+    """The baseline bench_write.py compares omicsfs with must itself be a correct uploader: a small
+    file and one of two parts (Seven Bridges' 32 MiB part size), two files at once."""
+    sources = [tmp_path / "small.txt", tmp_path / "two-parts.bin"]
+    sources[0].write_bytes(b"sample,barcode\nS1,barcode01\n")
+    sources[1].write_bytes(random.Random(5).randbytes(40 * 1024 * 1024 + 3))
+    made = bench_modules["bench_write"].direct_upload(fresh_emulator.url, fresh_emulator.token, [str(p) for p in sources],
+                                                      files_at_once=2)
+    written = Path(fresh_emulator.data_dir) / "sevenbridges" / "written" / str(fresh_emulator.process.pid)
+    assert sorted((f["name"], f["size"]) for f in made["files"]) == [("small.txt", 28), ("two-parts.bin", 40 * 1024 * 1024 + 3)]
+    for item in made["files"]:
+        assert (written / item["id"]).read_bytes() == (tmp_path / item["name"]).read_bytes()
+    assert fresh_emulator.stats()["parts_received"] == 3
