@@ -206,3 +206,24 @@ def test_a_seek_back_by_more_than_a_little_is_a_seek():
         readahead.advance(n * READ, READ)
     assert readahead.advance(6 * MiB, READ) == 6 * MiB + SEEK_WINDOW  # 2 MiB back: a seek
     assert readahead.sequential == 0
+
+
+async def test_a_closed_reader_leaves_its_object_free_to_close_and_evict(tmp_path, nursery):
+    """A file's cache object stays open (and is never evicted) while a reader holds it: closing
+    the reader must let it go, or closed files would pin the disk cache."""
+    reader, source, data = make_reader(tmp_path, nursery, 4 * BLOCK_SIZE)
+    assert await reader.read(0, 100) == data[:100]
+    await trio.testing.wait_all_tasks_blocked()
+    cached = reader.cached
+    assert cached.readers == 1
+    reader.close()
+    assert cached.readers == 0 and not cached.busy and reader.cached is None
+
+
+async def test_a_read_that_arrives_after_close_opens_nothing(tmp_path, nursery):
+    """FUSE may deliver a read after the release it raced with: nothing would ever close what it
+    opened."""
+    reader, source, data = make_reader(tmp_path, nursery, 4 * BLOCK_SIZE)
+    reader.close()
+    assert await reader.read(0, 100) == b""
+    assert reader.cached is None and source.calls == []
