@@ -36,7 +36,8 @@ FIRST_PORT = 9876
 #: module -> (pytest arguments: the tests that cover it, seconds a mutant's tests may take)
 MODULES = {
     "naming": (["tests/test_naming.py"], 60),
-    "http": (["tests/test_http.py"], 60),
+    # test_transfer.py drives Http.read_range_into, the worker-thread transport's retries and resumes.
+    "http": (["tests/test_http.py", "tests/test_transfer.py"], 60),
     "reader": (["tests/test_readahead.py", "tests/test_blockcache.py"], 90),
     "blockcache": (["tests/test_blockcache.py", "tests/test_readahead.py"], 90),
     # The FUSE layer is only reached through a mount.
