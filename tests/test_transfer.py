@@ -233,3 +233,31 @@ def test_nothing_listens_is_an_oserror():
     with pytest.raises(OSError):
         transfer.get_range(transfer.Connections(), f"http://127.0.0.1:{port}/x", 0, 10, lambda p, d: None, threading.Event(),
                            lambda code, fields: 0)
+
+
+async def test_read_range_into_waits_its_backoff_between_tries(serve):
+    """Two 503s: the waits are backoff(0) then backoff(1), each at least half its step (equal
+    jitter): 0.1-0.2 s, then 0.2-0.4 s. No wait, or the wrong step, falls outside."""
+    replies = iter([status(503), status(503)])
+    server = serve(lambda start, end, _: next(replies, None) or partial(start, end))
+    slow = Http(None, RetryPolicy(attempts=4, base_delay=0.2, max_delay=1.0))
+    started = trio.current_time()
+    data, _ = await into(slow, server.url, 0, 1000)
+    waited = trio.current_time() - started - 0.05  # `into` sleeps 0.05 s after the read
+    assert data == DATA[:1000] and len(server.requests) == 3
+    assert 0.3 <= waited < 0.6 + 0.25, f"waited {waited:.2f} s"
+
+
+async def test_read_range_into_takes_a_retry_after_up_to_three_times_its_longest_wait(serve):
+    """A 429 asking for 1 s is waited out when the longest backoff is 0.4 s (1 <= 3 x 0.4); one
+    asking for 2 s is more than the policy allows: the read gives up at once and says why."""
+    policy = RetryPolicy(attempts=4, base_delay=0.1, max_delay=0.4)
+    replies = iter([status(429, extra="Retry-After: 1\r\n")])
+    patient = serve(lambda start, end, _: next(replies, None) or partial(start, end))
+    started = trio.current_time()
+    data, _ = await into(Http(None, policy), patient.url, 0, 1000)
+    assert data == DATA[:1000] and trio.current_time() - started >= 1.0
+    impatient = serve(lambda start, end, _: status(429, extra="Retry-After: 2\r\n"))
+    with pytest.raises(PlatformError, match="asks to wait 2 s, giving up"):
+        await into(Http(None, policy), impatient.url, 0, 1000)
+    assert len(impatient.requests) == 1
