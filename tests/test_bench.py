@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from omicsfs.emulator import sampledata
+from omicsfs.emulator.server import EmulatorProcess
+from tests.conftest import TEST_LARGE_FILE
 
 CONTENT = "basespace/v1pre3/files/{}/content"
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -78,16 +80,21 @@ def test_bench_imports_and_its_proxy_forwards_requests_and_bodies_intact(bench_m
     assert proxy.process.returncode is not None
 
 
-def test_the_write_benchs_direct_uploader_stores_the_bytes_it_was_given(bench_modules, fresh_emulator, tmp_path):
+def test_the_write_benchs_direct_uploader_stores_the_bytes_it_was_given(bench_modules, emulator, tmp_path):
     """The baseline bench_write.py compares omicsfs with must itself be a correct uploader: a small
     file and one of two parts (Seven Bridges' 32 MiB part size), two files at once."""
     sources = [tmp_path / "small.txt", tmp_path / "two-parts.bin"]
     sources[0].write_bytes(b"sample,barcode\nS1,barcode01\n")
     sources[1].write_bytes(random.Random(5).randbytes(40 * 1024 * 1024 + 3))
-    made = bench_modules["bench_write"].direct_upload(fresh_emulator.url, fresh_emulator.token, [str(p) for p in sources],
-                                                      files_at_once=2)
-    written = Path(fresh_emulator.data_dir) / "sevenbridges" / "written" / str(fresh_emulator.process.pid)
-    assert sorted((f["name"], f["size"]) for f in made["files"]) == [("small.txt", 28), ("two-parts.bin", 40 * 1024 * 1024 + 3)]
-    for item in made["files"]:
-        assert (written / item["id"]).read_bytes() == (tmp_path / item["name"]).read_bytes()
-    assert fresh_emulator.stats()["parts_received"] == 3
+    # An emulator of its own: what is uploaded joins the account, which the session's emulator
+    # must keep as generated for the read tests.
+    server = EmulatorProcess(emulator.data_dir, large_file_size=TEST_LARGE_FILE).wait_ready()
+    try:
+        made = bench_modules["bench_write"].direct_upload(server.url, server.token, [str(p) for p in sources], files_at_once=2)
+        written = Path(server.data_dir) / "sevenbridges" / "written" / str(server.process.pid)
+        assert sorted((f["name"], f["size"]) for f in made["files"]) == [("small.txt", 28), ("two-parts.bin", 40 * 1024 * 1024 + 3)]
+        for item in made["files"]:
+            assert (written / item["id"]).read_bytes() == (tmp_path / item["name"]).read_bytes()
+        assert server.stats()["parts_received"] == 3
+    finally:
+        server.stop()

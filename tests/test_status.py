@@ -136,8 +136,10 @@ def test_status_counts_requests_then_cache_misses_then_hits(mount, fresh_emulato
 
 def test_status_watch_draws_again_until_interrupted(mount):
     mounted = mount()
+    # SIGINT as a terminal's Ctrl-C sends it, which a process started in the background by a
+    # shell would ignore (and its children with it): set back to the default for this one.
     watcher = subprocess.Popen([*OMICSFS, "status", str(mounted.path), "--json", "--watch", "0.2"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     snapshots = [json.loads(watcher.stdout.readline()) for _ in range(3)]
     watcher.send_signal(signal.SIGINT)
     assert watcher.wait(timeout=30) == 0, watcher.stderr.read()
