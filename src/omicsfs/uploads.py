@@ -43,8 +43,7 @@ MiB = 1024 * 1024
 #: The first parts' size while the size is unknown, and parts per doubling of it.
 STREAM_PART = 8 * MiB
 PARTS_PER_STEP = 1000
-#: Parts of one file in flight at once, and of all files.
-PARALLEL_PARTS = 4
+#: Parts in flight at once, of all files together (one file may use them all).
 PARALLEL_PARTS_TOTAL = 8
 #: A part whose ETag differs from its MD5 is sent this many times before the upload fails.
 ETAG_TRIES = 3
