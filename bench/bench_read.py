@@ -31,7 +31,6 @@ and rclone from Debian (`make bench` installs them).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -46,7 +45,7 @@ import httpx
 
 from delayproxy import DEFAULT_RTT_MS, DEFAULT_WINDOW, parse_size
 from harness import (MB, MiB, Harness, Series, default_data_dir, dd, fuse_readahead_kb, machine, note, run_bench,
-                     run_on_mount)
+                     run_on_mount, save_and_print)
 from omicsfs.emulator import platform_modules, sampledata
 from read_report import render
 
@@ -591,13 +590,7 @@ def main() -> int:
 
     def run() -> int:
         results = bench.run()
-        tables = render(results)  # judges the goals into results["goals"]
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=1) + "\n")
-        print(tables)
-        print(f"\n(JSON: {output})")
-        return 0
+        return save_and_print(results, render(results), args.output)  # render judges the goals into results["goals"]
 
     return run_bench(bench, run)
 

@@ -59,6 +59,8 @@ from harness import (
     cpu_seconds,
     default_data_dir,
     fmt,
+    goal_line,
+    load_note,
     machine,
     note,
     peak_rss,
@@ -66,6 +68,8 @@ from harness import (
     read_whole,
     run_bench,
     run_on_mount,
+    save_and_print,
+    spread,
 )
 
 from omicsfs.platforms.sevenbridges import requested_part_size
@@ -614,31 +618,8 @@ def _git(*args: str) -> str | None:
 # -- the tables ------------------------------------------------------------------------------------
 
 
-def _load(results: dict, group: str) -> str:
-    before, after = results.get("load", {}).get(group, (None, None))
-    if before is None:
-        return ""
-    busy = max(before, after) > results["machine"]["cpus"]
-    return f"; load average {before:.1f}/{after:.1f}" + (" (BUSY machine: figures disturbed)" if busy else "")
-
-
-def _spread(row: dict, key: str, spec: str, transform=None) -> str:
-    low, high = row.get(f"{key}_min"), row.get(f"{key}_max")
-    if low is None or high is None or low == high:
-        return ""
-    if transform:
-        low, high = sorted((transform(low), transform(high)))
-    return f"({format(low, spec)}-{format(high, spec)})"
-
-
 def _mib(value) -> str:
     return "-" if value is None else f"{value / MiB:.0f} MiB"
-
-
-def _goal(goals: list[dict], group: str, text: str, value, shown: str, met: bool | None) -> str:
-    goals.append({"group": group, "goal": text, "value": value, "met": met})
-    verdict = "not measured" if value is None else "reported" if met is None else "met" if met else "NOT met"
-    return f"  goal: {text}: {shown} -> {verdict}"
 
 
 def render(results: dict) -> str:
@@ -657,7 +638,7 @@ def render(results: dict) -> str:
         lines += [
             "",
             (f"1 file of {size / MiB:g} MiB ({size:,} bytes), dd bs=1M; emulator on loopback, no delay; "
-             f"{large['parts']} parts of {large['part_size'] / MiB:g} MiB; median of {settings['runs']} runs{_load(results, 'large')}"),
+             f"{large['parts']} parts of {large['part_size'] / MiB:g} MiB; median of {settings['runs']} runs{load_note(results, 'large')}"),
             (f"{'':{NAME}} {'MB/s':>5} {'(min-max)':>11} {'x direct':>8} {'seconds':>7} {'uploader CPU s':>14} "
              f"{'peak RSS':>9} {'emulator CPU s':>14} {'API':>4} {'PUTs':>4} {'MD5':>3}"),
         ]
@@ -667,7 +648,7 @@ def render(results: dict) -> str:
                 continue
             speed = size / row["seconds"] / MB
             lines.append(
-                f"{row['name']:{NAME}} {speed:5.0f} {_spread(row, 'seconds', '.0f', lambda s: size / s / MB):>11} "
+                f"{row['name']:{NAME}} {speed:5.0f} {spread(row, 'seconds', '.0f', lambda s: size / s / MB):>11} "
                 f"{fmt(ratio(direct, row['seconds']) if key != 'direct' else 1.0, '8.2f'):>8} {row['seconds']:7.2f} "
                 f"{fmt(row.get('uploader_cpu_s'), '14.1f'):>14} {_mib(row.get('uploader_peak_rss')):>9} "
                 f"{fmt(row.get('emulator_cpu_s'), '14.1f'):>14} {row['api_requests']:4.0f} {row['part_requests']:4.0f} "
@@ -681,14 +662,14 @@ def render(results: dict) -> str:
         lines.append(f"{'':{NAME}} (uploader CPU s and peak RSS: the omicsfs daemon's, the direct uploader process's, "
                      "or curl's; API: requests the emulator's API answered; PUTs: part requests)")
         speed = ratio(direct, omicsfs.get("seconds"))
-        lines.append(_goal(goals, "large", "omicsfs at least 0.9x the direct uploader's MB/s", speed,
+        lines.append(goal_line(goals, "large", "omicsfs at least 0.9x the direct uploader's MB/s", speed,
                            f"{fmt(speed, '.2f')}x", None if speed is None else speed >= 0.9))
         bound = settings["memory_cache"] + 100 * MiB
         peak = omicsfs.get("daemon_peak_rss_max")
-        lines.append(_goal(goals, "large", f"daemon peak RSS at most the memory cache + 100 MiB ({bound / MiB:.0f} MiB)", peak,
+        lines.append(goal_line(goals, "large", f"daemon peak RSS at most the memory cache + 100 MiB ({bound / MiB:.0f} MiB)", peak,
                            f"{_mib(peak)} (highest of every run)", None if peak is None else peak <= bound))
         per_gib = ratio(omicsfs.get("daemon_cpu_s"), size / (1 << 30))
-        lines.append(_goal(goals, "large", "daemon CPU seconds per GiB written", per_gib, f"{fmt(per_gib, '.1f')} s", None))
+        lines.append(goal_line(goals, "large", "daemon CPU seconds per GiB written", per_gib, f"{fmt(per_gib, '.1f')} s", None))
     if "many" in results:
         many, rows = results["many"], results["many"]["rows"]
         count = many["files"]
@@ -696,7 +677,7 @@ def render(results: dict) -> str:
             "",
             (f"cp -r of {count} files of {many['file_size'] / 1000:g} KB; API and part URLs {settings['rtt_ms']:g} ms away "
              f"(round trip) through the delaying proxy, since per-file round trips dominate here; median of "
-             f"{settings['runs']} runs{_load(results, 'many')}"),
+             f"{settings['runs']} runs{load_note(results, 'many')}"),
             (f"{'':{NAME}} {'seconds':>7} {'(min-max)':>13} {'files/s':>7} {'x direct':>8} {'API/file':>8} "
              f"{'uploader CPU s':>14} {'peak RSS':>9} {'MD5':>3}"),
         ]
@@ -709,7 +690,7 @@ def render(results: dict) -> str:
                 continue
             api = ratio(row.get("api_requests"), count) if key != "local" else None
             lines.append(
-                f"{row['name']:{NAME}} {row['seconds']:7.2f} {_spread(row, 'seconds', '.2f'):>13} {count / row['seconds']:7.1f} "
+                f"{row['name']:{NAME}} {row['seconds']:7.2f} {spread(row, 'seconds', '.2f'):>13} {count / row['seconds']:7.1f} "
                 f"{fmt(ratio(peers.get(key), row['seconds']), '8.2f'):>8} {fmt(api, '8.1f'):>8} "
                 f"{fmt(row.get('uploader_cpu_s'), '14.1f'):>14} {_mib(row.get('uploader_peak_rss')):>9} "
                 f"{'ok' if row.get('md5_ok') else ('-' if key == 'local' else '?'):>3}"
@@ -719,7 +700,7 @@ def render(results: dict) -> str:
                      "part PUTs not counted)")
         for key, peer in (("omicsfs_sync", "direct_1"), ("omicsfs_async_done", "direct_n")):
             value = ratio(rows[peer].get("seconds"), rows[key].get("seconds"))
-            lines.append(_goal(goals, "many", f"{rows[key]['name']} against the {rows[peer]['name']}", value,
+            lines.append(goal_line(goals, "many", f"{rows[key]['name']} against the {rows[peer]['name']}", value,
                                f"{fmt(value, '.2f')}x its files/s", None))
     return "\n".join(lines)
 
@@ -761,13 +742,7 @@ def main() -> int:
 
     def run() -> int:
         results = bench.run()
-        tables = render(results)
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=1) + "\n")
-        print(tables)
-        print(f"\n(JSON: {output})")
-        return 0
+        return save_and_print(results, render(results), args.output)
 
     return run_bench(bench, run)
 

@@ -10,6 +10,7 @@ so `close()` unmounts and stops all of it, in reverse order, whatever happened.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import re
@@ -494,6 +495,42 @@ def run_bench(bench, run) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bench.close()
+
+
+def spread(row: dict, key: str, spec: str, transform=None) -> str:
+    """A figure's min-max over the runs, as `(low-high)`; empty when a run is missing."""
+    low, high = row.get(f"{key}_min"), row.get(f"{key}_max")
+    if low is None or high is None:
+        return ""
+    if transform:
+        low, high = sorted((transform(low), transform(high)))
+    return f"({format(low, spec)}-{format(high, spec)})"
+
+
+def goal_line(goals: list[dict], group: str, text: str, value: float | None, shown: str, met: bool | None) -> str:
+    """A goal judged: recorded in `goals` (the results' JSON) and shown under its table."""
+    goals.append({"group": group, "goal": text, "value": value, "met": met})
+    verdict = "not measured" if value is None else "reported" if met is None else "met" if met else "NOT met"
+    return f"  goal: {text}: {shown} -> {verdict}"
+
+
+def load_note(results: dict, group: str) -> str:
+    """The load average as the group started and ended: above the CPU count, others were running."""
+    before, after = results.get("load", {}).get(group, (None, None))
+    if before is None:
+        return ""
+    busy = max(before, after) > results["machine"]["cpus"]
+    return f"; load average {before:.1f}/{after:.1f}" + (" (BUSY machine: figures disturbed)" if busy else "")
+
+
+def save_and_print(results: dict, tables: str, output: str) -> int:
+    """The raw results to `output` as JSON, the tables to stdout."""
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(tables)
+    print(f"\n(JSON: {path})")
+    return 0
 
 
 def fmt(value, spec: str, missing: str = "-") -> str:

@@ -3,33 +3,9 @@ that it measures (ratios against the peers of the same run) and whether they are
 
 from __future__ import annotations
 
-from harness import GiB, MB, MiB, fmt, ratio
+from harness import GiB, MB, MiB, fmt, goal_line, load_note, ratio, spread
 
 NAME = 46
-
-
-def _spread(row: dict, key: str, spec: str, transform=None) -> str:
-    low, high = row.get(f"{key}_min"), row.get(f"{key}_max")
-    if low is None or high is None:
-        return ""
-    if transform:
-        low, high = sorted((transform(low), transform(high)))
-    return f"({format(low, spec)}-{format(high, spec)})"
-
-
-def _goal(goals: list[dict], group: str, text: str, value: float | None, shown: str, met: bool | None) -> str:
-    goals.append({"group": group, "goal": text, "value": value, "met": met})
-    verdict = "not measured" if value is None else "reported" if met is None else "met" if met else "NOT met"
-    return f"  goal: {text}: {shown} -> {verdict}"
-
-
-def _load(results: dict, group: str) -> str:
-    """The load average as the group started and ended: above the CPU count, others were running."""
-    before, after = results.get("load", {}).get(group, (None, None))
-    if before is None:
-        return ""
-    busy = max(before, after) > results["machine"]["cpus"]
-    return f"; load average {before:.1f}/{after:.1f}" + (" (BUSY machine: figures disturbed)" if busy else "")
 
 
 def _error_line(row: dict) -> str:
@@ -46,7 +22,7 @@ def render_region_query(results: dict, goals: list[dict]) -> list[str]:
         lines += [
             "",
             (f"Region query, cold: samtools view -c {bam} {' '.join(query['regions'])}; API and store "
-             f"{settings['rtt_ms']:g} ms away (round trip); median of {settings['runs']} runs{_load(results, 'region_query')}"),
+             f"{settings['rtt_ms']:g} ms away (round trip); median of {settings['runs']} runs{load_note(results, 'region_query')}"),
             (f"{bam} {reads.get('bam_size', 0):,} bytes, .bai {reads.get('bai_size', 0):,} bytes; samtools reads "
              + (f"{baseline:,} bytes of them (strace, local copy)" if baseline else f"? ({reads.get('error')})")),
             (f"{'':{NAME}} {'seconds':>7} {'(min-max)':>11} {'x rclone':>8} {'reads':>6} {'GETs':>5} {'conns':>5} "
@@ -60,7 +36,7 @@ def render_region_query(results: dict, goals: list[dict]) -> list[str]:
                 lines.append(_error_line(row))
                 continue
             lines.append(
-                f"{row['name']:{NAME}} {row['seconds']:7.3f} {_spread(row, 'seconds', '.2f'):>11} "
+                f"{row['name']:{NAME}} {row['seconds']:7.3f} {spread(row, 'seconds', '.2f'):>11} "
                 f"{fmt(ratio(row['seconds'], best), '8.2f'):>8} {fmt(row.get('reads'), '6.0f'):>6} "
                 f"{row['store_gets']:5.0f} {row['store_connections']:5.0f} {row['api_requests'] + row['store_other_requests']:4.0f} "
                 f"{row['store_bytes']:14,.0f} {fmt(ratio(row['store_bytes'], baseline), '10.2f'):>10}"
@@ -70,11 +46,11 @@ def render_region_query(results: dict, goals: list[dict]) -> list[str]:
             lines.append(f"  warning: the rows counted different numbers of reads: {sorted(counts)}")
         cold = rows["omicsfs_cold"]
         speed = ratio(cold.get("seconds"), best)
-        lines.append(_goal(goals, f"region query {bam}", "omicsfs cold faster than rclone mount's best mode (aim: 0.5x its time)",
+        lines.append(goal_line(goals, f"region query {bam}", "omicsfs cold faster than rclone mount's best mode (aim: 0.5x its time)",
                            speed, f"{fmt(speed, '.2f')}x" + ("" if speed is None else f" (aim 0.5x {'met' if speed <= 0.5 else 'not met'})"),
                            None if speed is None else speed < 1))
         fetched = ratio(cold.get("store_bytes"), baseline)
-        lines.append(_goal(goals, f"region query {bam}", "omicsfs cold fetches at most 2x the bytes samtools reads",
+        lines.append(goal_line(goals, f"region query {bam}", "omicsfs cold fetches at most 2x the bytes samtools reads",
                            fetched, f"{fmt(fetched, '.2f')}x", None if fetched is None else fetched <= 2))
     return lines
 
@@ -96,7 +72,7 @@ def render_sequential(results: dict, goals: list[dict]) -> list[str]:
     lines = [
         "",
         (f"Sequential read, cold: {settings['file']} ({size / GiB:g} GiB), {settings['read_command']}; store nginx on "
-         f"loopback, no delay; median of {settings['runs']} runs{_load(results, 'sequential')}"),
+         f"loopback, no delay; median of {settings['runs']} runs{load_note(results, 'sequential')}"),
         (f"{'':{NAME}} {'MB/s':>6} {'(min-max)':>11} {'x rclone':>8} {'x nullfs':>8} {'GETs':>5} {'conns':>5} "
          f"{'fetched/size':>12} {'CPU s':>6} {'CPU s/GiB':>9} {'peak RSS':>9}"),
     ]
@@ -109,7 +85,7 @@ def render_sequential(results: dict, goals: list[dict]) -> list[str]:
         fetched = row["store_bytes"] / size if key != "nullfs" else None
         rss = row.get("daemon_peak_rss")
         lines.append(
-            f"{row['name']:{NAME}} {speed:6.0f} {_spread(row, 'seconds', '.0f', lambda s: size / s / MB):>11} "
+            f"{row['name']:{NAME}} {speed:6.0f} {spread(row, 'seconds', '.0f', lambda s: size / s / MB):>11} "
             f"{fmt(ratio(speed, best), '8.2f'):>8} {fmt(ratio(speed, mb_s('nullfs')), '8.2f'):>8} "
             f"{row['store_gets']:5.0f} {row['store_connections']:5.0f} {fmt(fetched, '11.3f') + ('x' if fetched is not None else ''):>12} "
             f"{fmt(row.get('daemon_cpu_s'), '6.1f'):>6} {fmt(ratio(row.get('daemon_cpu_s'), per_gib), '9.2f'):>9} "
@@ -118,21 +94,21 @@ def render_sequential(results: dict, goals: list[dict]) -> list[str]:
     lines.append(f"{'':{NAME}} (CPU s: the FUSE daemon's during the read; peak RSS: its VmHWM)")
     cold = rows["omicsfs"]
     speed = ratio(mb_s("omicsfs"), best)
-    lines.append(_goal(goals, "sequential", "omicsfs cold at least 1.5x rclone mount's best mode", speed,
+    lines.append(goal_line(goals, "sequential", "omicsfs cold at least 1.5x rclone mount's best mode", speed,
                        f"{fmt(speed, '.2f')}x", None if speed is None else speed >= 1.5))
     bound = settings["memory_cache"] + 100 * MiB
     peaks = [rows[k].get("daemon_peak_rss_max") for k in ("omicsfs", "omicsfs_again", "omicsfs_remount")]
     peak = max((p for p in peaks if p is not None), default=None)
-    lines.append(_goal(goals, "sequential", f"daemon peak RSS at most the memory cache + 100 MiB ({bound / MiB:.0f} MiB)",
+    lines.append(goal_line(goals, "sequential", f"daemon peak RSS at most the memory cache + 100 MiB ({bound / MiB:.0f} MiB)",
                        peak, f"{fmt(peak / MiB if peak else None, '.0f')} MiB (highest of every run)",
                        None if peak is None else peak <= bound))
     cpu = ratio(cold.get("daemon_cpu_s"), per_gib)
-    lines.append(_goal(goals, "sequential", "daemon CPU seconds per GiB read cold", cpu, f"{fmt(cpu, '.2f')} s", None))
+    lines.append(goal_line(goals, "sequential", "daemon CPU seconds per GiB read cold", cpu, f"{fmt(cpu, '.2f')} s", None))
 
     lines += [
         "",
         (f"Re-read of the same file, page cache dropped before each read (store on loopback); median of "
-         f"{settings['runs']} runs{_load(results, 'sequential')}"),
+         f"{settings['runs']} runs{load_note(results, 'sequential')}"),
         (f"{'':{NAME}} {'MB/s':>6} {'(min-max)':>11} {'x rclone full':>13} {'GETs':>5} {'fetched again':>14} "
          f"{'CPU s':>6} {'peak RSS':>9}"),
     ]
@@ -144,17 +120,17 @@ def render_sequential(results: dict, goals: list[dict]) -> list[str]:
             continue
         rss = row.get("daemon_peak_rss")
         lines.append(
-            f"{row['name']:{NAME}} {mb_s(key):6.0f} {_spread(row, 'seconds', '.0f', lambda s: size / s / MB):>11} "
+            f"{row['name']:{NAME}} {mb_s(key):6.0f} {spread(row, 'seconds', '.0f', lambda s: size / s / MB):>11} "
             f"{fmt(ratio(mb_s(key), warm), '13.2f'):>13} {row['store_gets']:5.0f} {row['store_bytes']:14,.0f} "
             f"{fmt(row.get('daemon_cpu_s'), '6.1f'):>6} {fmt(rss / MiB if rss else None, '5.0f') + (' MiB' if rss else ''):>9}"
         )
     for key, what in (("omicsfs_again", "again in the same mount"), ("omicsfs_remount", "after a remount")):
         row = rows[key]
         fetched = row.get("store_bytes_max")
-        lines.append(_goal(goals, "re-read", f"omicsfs {what} fetches 0 bytes", fetched,
+        lines.append(goal_line(goals, "re-read", f"omicsfs {what} fetches 0 bytes", fetched,
                            f"{fmt(fetched, ',.0f')} bytes (most of any run)", None if fetched is None else fetched == 0))
         speed = ratio(mb_s(key), warm)
-        lines.append(_goal(goals, "re-read", f"omicsfs {what} at least 1.5x rclone full's warm read", speed,
+        lines.append(goal_line(goals, "re-read", f"omicsfs {what} at least 1.5x rclone full's warm read", speed,
                            f"{fmt(speed, '.2f')}x", None if speed is None else speed >= 1.5))
     return lines
 
@@ -166,17 +142,17 @@ def render_listing(results: dict, goals: list[dict]) -> list[str]:
         "",
         (f"Listing {settings['listing_directory']} ({settings['listing_files']:,} files, pages of "
          f"{settings['page_cap']}); API {settings['rtt_ms']:g} ms away; median of {settings['runs']} runs"
-         f"{_load(results, 'listing')}"),
+         f"{load_note(results, 'listing')}"),
         f"{'':{NAME}} {'seconds':>7} {'(min-max)':>13} {'x API':>6} {'API req':>7}",
     ]
     for row in rows.values():
         if row.get("seconds") is None:
             lines.append(_error_line(row))
             continue
-        lines.append(f"{row['name']:{NAME}} {row['seconds']:7.3f} {_spread(row, 'seconds', '.3f'):>13} "
+        lines.append(f"{row['name']:{NAME}} {row['seconds']:7.3f} {spread(row, 'seconds', '.3f'):>13} "
                      f"{fmt(ratio(row['seconds'], api), '6.2f'):>6} {row['api_requests']:7.0f}")
     cold = ratio(rows["ls_l_cold"].get("seconds"), api)
-    lines.append(_goal(goals, "listing", "omicsfs ls -l cold at most 1.2x the API's own paging", cold,
+    lines.append(goal_line(goals, "listing", "omicsfs ls -l cold at most 1.2x the API's own paging", cold,
                        f"{fmt(cold, '.2f')}x", None if cold is None else cold <= 1.2))
     return lines
 
@@ -198,7 +174,7 @@ def render_platforms(results: dict) -> list[str]:
     lines = [
         "",
         (f"Per platform ({len(platforms)} platforms in one omicsfs mount, store on loopback, no delay): sequential read "
-         f"of each platform's largest file, median of {runs} runs{_load(results, 'platforms')}."),
+         f"of each platform's largest file, median of {runs} runs{load_note(results, 'platforms')}."),
         ("cold = fresh mount, empty cache dir; warm = unmount, mount again with the same cache dir (disk cache); "
          "caches dropped before each."),
         ("lookup = the path's lookups, before the read (untimed); API = platform API requests; content = object GETs "
