@@ -10,8 +10,10 @@ runs the unit tests alone, without starting the emulator.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from omicsfs.emulator.server import EmulatorProcess
-from omicsfs.mount import daemon_pid, is_mounted
+from omicsfs.mount import daemon_pid, is_mounted, unmount
 
 #: The sample account's large file in tests: large next to the small memory caches tests mount with.
 TEST_LARGE_FILE = "64M"
@@ -84,6 +86,19 @@ class Mounted:
         if pid is None:
             raise LookupError(f"no daemon for {self.path}")
         return pid
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory other users may enter (pytest's own temporary directories are closed to
+    others), with a space in its name; whatever is still mounted in it is unmounted at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="omicsfs shared "))
+    directory.chmod(0o755)
+    yield directory
+    for mountpoint in directory.iterdir():
+        if is_mounted(mountpoint):
+            unmount(mountpoint, lazy=True)
+    shutil.rmtree(directory)
 
 
 def wait_for(condition, what: str = "the condition", timeout: float = 120):

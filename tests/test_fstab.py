@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from omicsfs.mount import allow_other_permitted, daemon_pid, is_mounted, unmount
+from omicsfs.mount import allow_other_permitted, daemon_pid, is_mounted
 from tests.conftest import assert_no_secrets, platform_table, toml_config
 
 HELPER = Path(sys.executable).parent / "mount.omicsfs"
@@ -56,16 +54,6 @@ def config(fresh_emulator, tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def shared_dir():
-    """A directory other users may enter, with a space in its name."""
-    directory = Path(tempfile.mkdtemp(prefix="omicsfs shared "))
-    directory.chmod(0o755)
-    yield directory
-    for mountpoint in directory.iterdir():
-        if is_mounted(mountpoint):
-            unmount(mountpoint, lazy=True)
-    shutil.rmtree(directory)
 
 
 def test_the_helper_mounts_as_mount8_calls_it_and_umount_ends_it(fresh_emulator, config, shared_dir, tmp_path):

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +20,6 @@ import pytest
 
 from omicsfs.emulator import sampledata
 from omicsfs.emulator.server import EmulatorProcess
-from omicsfs.mount import is_mounted, unmount
 from tests.conftest import OMICSFS, TEST_LARGE_FILE, assert_no_secrets, md5sums, platform_table, run_omicsfs, toml_config
 
 MiB = 1024 * 1024
@@ -241,16 +238,6 @@ def test_refresh_refuses_what_it_cannot_refresh(mount, tmp_path):
 # -- who may ask -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def shared_dir():
-    """A directory other users may enter (pytest's own temporary directories are closed to others)."""
-    directory = Path(tempfile.mkdtemp(prefix="omicsfs shared "))
-    directory.chmod(0o755)
-    yield directory
-    for mountpoint in directory.iterdir():
-        if is_mounted(mountpoint):
-            unmount(mountpoint)
-    shutil.rmtree(directory)
 
 
 def test_only_the_owner_may_ask_even_where_others_may_read(fresh_emulator, shared_dir, tmp_path):
