@@ -44,8 +44,8 @@ from pathlib import Path
 import httpx
 
 from delayproxy import DEFAULT_RTT_MS, DEFAULT_WINDOW, parse_size
-from harness import (MB, MiB, Harness, Series, default_data_dir, dd, fuse_readahead_kb, machine, note, run_bench,
-                     run_on_mount, save_and_print)
+from harness import (MB, MiB, Harness, Series, default_data_dir, dd, fuse_readahead_kb, machine, missing_tool, note,
+                     run_bench, run_on_mount, save_and_print)
 from omicsfs.emulator import platform_modules, sampledata
 from read_report import render
 
@@ -582,10 +582,8 @@ def main() -> int:
         parser.error(f"--only: unknown groups {sorted(unknown)} (known: {','.join(GROUPS)})")
     if args.no_platforms and "platforms" in args.only:
         args.only.remove("platforms")
-    for tool in ("dd", "curl", "samtools", "nginx"):
-        if not shutil.which(tool) and not (tool == "nginx" and os.path.exists("/usr/sbin/nginx")):
-            print(f"bench: {tool} is not on PATH (make bench installs it)", file=sys.stderr)
-            return 2
+    if missing_tool("dd", "curl", "samtools", "nginx"):
+        return 2
     bench = ReadBench(args)
 
     def run() -> int:

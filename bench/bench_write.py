@@ -62,6 +62,7 @@ from harness import (
     goal_line,
     load_note,
     machine,
+    missing_tool,
     note,
     peak_rss,
     ratio,
@@ -734,10 +735,8 @@ def main() -> int:
         parser.error("--runs must be at least 1")
     if unknown := set(args.only) - set(GROUPS):
         parser.error(f"--only: unknown groups {sorted(unknown)} (known: {','.join(GROUPS)})")
-    for tool in ("dd", "cp", "curl", "nginx"):
-        if not shutil.which(tool) and not (tool == "nginx" and os.path.exists("/usr/sbin/nginx")):
-            print(f"bench: {tool} is not on PATH (make bench installs it)", file=sys.stderr)
-            return 2
+    if missing_tool("dd", "cp", "curl", "nginx"):
+        return 2
     bench = WriteBench(args)
 
     def run() -> int:

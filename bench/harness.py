@@ -523,6 +523,15 @@ def load_note(results: dict, group: str) -> str:
     return f"; load average {before:.1f}/{after:.1f}" + (" (BUSY machine: figures disturbed)" if busy else "")
 
 
+def missing_tool(*tools: str) -> str | None:
+    """The first of `tools` not installed (nginx counts in /usr/sbin too), said on stderr; None if all are."""
+    for tool in tools:
+        if not shutil.which(tool) and not (tool == "nginx" and os.path.exists("/usr/sbin/nginx")):
+            print(f"bench: {tool} is not on PATH (make bench installs it)", file=sys.stderr)
+            return tool
+    return None
+
+
 def save_and_print(results: dict, tables: str, output: str) -> int:
     """The raw results to `output` as JSON, the tables to stdout."""
     path = Path(output)
