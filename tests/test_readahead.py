@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from omicsfs.blockcache import BLOCK_SIZE, BlockCache, ObjectRef, ObjectStore
-from omicsfs.reader import GROWTH, SEEK_WINDOW, FileReader, ReadAhead
+from omicsfs.reader import GROWTH, SEEK_WINDOW, SEEK_WINDOW_MAX, FileReader, ReadAhead
 
 KiB, MiB = 1024, 1024 * 1024
 READ = 128 * KiB  # what the kernel typically asks for per read
@@ -89,20 +89,54 @@ def test_fetches_come_in_steps_of_half_a_window_or_more():
 
 def test_a_seek_starts_over():
     readahead = ReadAhead(8 * MiB)
-    for n in range(40):
-        readahead.advance(n * READ, READ)
-    assert readahead.sequential >= 4 * MiB
+    readahead.advance(0, READ)
+    readahead.advance(200 * MiB, READ)  # a run of one read: the next seek's window is the smallest
+    assert readahead.sequential == 0
     assert readahead.advance(500 * MiB, READ) == 500 * MiB + SEEK_WINDOW
     assert readahead.sequential == 0
     # Reading on to the end of what the seek fetched: the next first window.
     assert readahead.advance(500 * MiB + READ, READ) == 500 * MiB + 2 * READ + SEEK_WINDOW
 
 
+def test_a_seek_fetches_as_much_as_the_run_before_it_read():
+    """The regions of one query are alike: after a run of 700 KiB, a seek fetches 700 KiB."""
+    readahead = ReadAhead(8 * MiB)
+    run = 700 * KiB
+    for offset in range(10 * MiB, 10 * MiB + run, 100 * KiB):
+        readahead.advance(offset, 100 * KiB)
+    assert readahead.advance(90 * MiB, 4 * KiB) == 90 * MiB + run
+    assert readahead.last_run == run
+    # A run of one small read: the seek after it is back to the smallest window.
+    assert readahead.advance(30 * MiB, 4 * KiB) == 30 * MiB + SEEK_WINDOW
+
+
+def test_what_a_seek_fetches_on_the_strength_of_the_run_before_is_capped():
+    readahead = ReadAhead(64 * MiB)
+    for n in range(160):  # 20 MiB read in order
+        readahead.advance(n * READ, READ)
+    assert readahead.advance(500 * MiB, READ) == 500 * MiB + SEEK_WINDOW_MAX
+    small = ReadAhead(SEEK_WINDOW + READ)  # and never more than the window's own cap
+    for n in range(16):
+        small.advance(n * READ, READ)
+    assert small.advance(500 * MiB, READ) == 500 * MiB + SEEK_WINDOW + READ
+
+
+def test_an_indexed_file_read_at_its_start_fetches_only_the_read():
+    """The header of a file with an index beside it: a seek follows, so nothing is fetched ahead,
+    the first time and when the header is read again after the end-of-file check."""
+    readahead = ReadAhead(8 * MiB, indexed=True)
+    assert readahead.advance(0, 64 * KiB) == 64 * KiB
+    assert readahead.advance(200 * MiB, 4 * KiB) == 200 * MiB + SEEK_WINDOW  # the end-of-file marker
+    assert readahead.advance(0, 16 * KiB) == 16 * KiB
+    assert readahead.advance(50 * MiB, 4 * KiB) == 50 * MiB + SEEK_WINDOW  # a region: a seek as any other
+    assert ReadAhead(8 * MiB).advance(0, 64 * KiB) == SEEK_WINDOW  # without an index: a first window
+
+
 def test_a_backward_seek_starts_over():
     readahead = ReadAhead(8 * MiB)
     for n in range(8):
         readahead.advance(100 * MiB + n * READ, READ)
-    assert readahead.advance(0, READ) == SEEK_WINDOW and readahead.sequential == 0
+    assert readahead.advance(0, READ) == 8 * READ and readahead.sequential == 0  # as far as the run went
 
 
 def test_slightly_out_of_order_reads_stay_sequential():
@@ -129,6 +163,23 @@ async def test_a_random_read_fetches_at_most_a_seek_window(tmp_path, nursery):
     assert await reader.read(offset, 1000) == data[offset : offset + 1000]
     await trio.testing.wait_all_tasks_blocked()
     assert len(source.calls) == 2 and source.bytes <= 2 * (SEEK_WINDOW + BLOCK_SIZE)
+
+
+async def test_a_region_like_the_one_before_is_fetched_in_one_request(tmp_path, nursery):
+    """samtools on three regions: the first is found in a few requests, the next ones (no longer)
+    each come whole with the request their first read makes."""
+    reader, source, data = make_reader(tmp_path, nursery, 64 * MiB)
+    for region, (start, length) in enumerate(((5 * MiB + 1000, 900 * KiB), (20 * MiB + 3000, 800 * KiB), (40 * MiB, 300 * KiB))):
+        before = len(source.calls)
+        for offset in range(start, start + length, READ):
+            assert await reader.read(offset, READ) == data[offset : offset + READ]
+            await trio.testing.wait_all_tasks_blocked()
+        first_start, first_end = source.calls[before]
+        if region == 0:
+            assert len(source.calls) - before > 1
+        else:
+            assert first_start <= start and first_end >= start + length, f"region {region} took more than one request"
+    assert source.bytes <= 2 * (900 + 800 + 300) * KiB + 3 * BLOCK_SIZE
 
 
 async def test_reads_within_what_was_fetched_fetch_it_not_again(tmp_path, nursery):
@@ -186,9 +237,9 @@ def test_reading_on_after_a_far_seek_back_is_sequential_again():
     readahead = ReadAhead(8 * MiB)
     for n in range(160):  # 20 MiB read in order
         readahead.advance(n * READ, READ)
-    assert readahead.advance(0, READ) == SEEK_WINDOW  # back to the start: a seek
+    assert readahead.advance(0, READ) == SEEK_WINDOW_MAX  # back to the start: a seek
     assert readahead.sequential == 0
-    assert readahead.advance(READ, READ) == 2 * READ + SEEK_WINDOW  # and on from there: sequential
+    assert readahead.advance(READ, READ) == SEEK_WINDOW_MAX  # and on from there: sequential, within it
     assert readahead.sequential == READ
 
 
@@ -204,7 +255,7 @@ def test_a_seek_back_by_more_than_a_little_is_a_seek():
     readahead = ReadAhead(8 * MiB)
     for n in range(64):  # 8 MiB read in order
         readahead.advance(n * READ, READ)
-    assert readahead.advance(6 * MiB, READ) == 6 * MiB + SEEK_WINDOW  # 2 MiB back: a seek
+    assert readahead.advance(6 * MiB, READ) == 6 * MiB + SEEK_WINDOW_MAX  # 2 MiB back: a seek
     assert readahead.sequential == 0
 
 

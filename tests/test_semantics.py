@@ -320,6 +320,29 @@ def test_at_most_8_requests_at_once(mount, fresh_emulator):
     assert 2 <= fresh_emulator.stats()["store_concurrency"] <= 8
 
 
+def test_an_indexed_file_has_its_end_and_its_index_fetched_beside_its_header(mount, fresh_emulator, emulator, account, tmp_path):
+    """htslib reads a BAM's header, then its end-of-file marker, then its index: opening a file with
+    an index beside it sends for all three at once, and the header's read fetches only its blocks."""
+    root = mount().path
+    bam_path, bai_path = f"{WGS}/Alignment/S1.bam", f"{WGS}/Alignment/S1.bam.bai"
+    bam, bai = item_at(account, bam_path), item_at(account, bai_path)
+    (root / bam_path).stat()  # the listings, before the count starts
+    local = tmp_path / "S1.bam"
+    local.write_bytes(source_bytes(emulator, bam))
+    (tmp_path / "S1.bam.bai").write_bytes(source_bytes(emulator, bai))
+    region = "chr2:500000-501000"
+    expected = subprocess.run(["samtools", "view", "-c", str(local), region], capture_output=True, text=True, check=True).stdout
+    fresh_emulator.reset_stats()
+    fresh_emulator.knobs(store_delay=0.3)  # each body starts late: requests sent together overlap
+    counted = subprocess.run(["samtools", "view", "-c", str(root / bam_path), region], capture_output=True, text=True, check=True)
+    assert counted.stdout == expected and int(expected) > 0
+    stats = fresh_emulator.stats()
+    last_block = (bam["Size"] - 1) // (64 * 1024) * 64 * 1024
+    first_three = set(stats["store_ranges"][:3])
+    assert first_three == {f"{bam['Id']}:0-65535", f"{bam['Id']}:{last_block}-{bam['Size'] - 1}", f"{bai['Id']}:0-{bai['Size'] - 1}"}
+    assert stats["store_concurrency"] >= 3, "the header, the end and the index were asked one after the other"
+
+
 def test_sequential_prefetch_stays_within_half_the_memory_cache(mount, fresh_emulator):
     # A 16 MiB memory cache caps the prefetch window at 8 MiB.
     root = mount(None, "--memory-cache-size", "16M").path

@@ -28,12 +28,12 @@ from typing import NoReturn
 import pyfuse3
 import trio
 
-from omicsfs.blockcache import BLOCK_SIZE, BlockCache, IntoSource, ObjectRef
+from omicsfs.blockcache import BLOCK_SIZE, BlockCache, IntoSource, ObjectRef, Source
 from omicsfs.errors import PlatformError
 from omicsfs.listings import Listings, Place
 from omicsfs.naming import encodable, safe_name, unique_names
 from omicsfs.platform import Entry, Platform, json_content
-from omicsfs.reader import FileReader
+from omicsfs.reader import SEEK_WINDOW, FileReader
 from omicsfs.uploads import Upload, Uploads
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,11 @@ DELETE_PAUSE = 5.0
 #: Files that index the file of the same name (S1.bam.bai, S1.bai, x.vcf.gz.tbi...): a reader of
 #: the one opens the other next, so both are made ready to read together.
 INDEX_SUFFIXES = (".bai", ".csi", ".tbi", ".crai", ".fai", ".gzi")
+
+
+def _object_of(platform: str, entry: Entry) -> ObjectRef:
+    """The cached object of a file's content as `entry` describes it (its id, version and size)."""
+    return ObjectRef.for_file(platform, entry.uid or repr(entry.key), entry.version, entry.size)
 
 
 def _companions(name: str) -> list[str]:
@@ -231,7 +236,7 @@ class Filesystem(pyfuse3.Operations):
         path = f"{parent.path}/{name}" if parent.path else name
         node = Node(inode, entry, platform, path, identity, parent.entry, parent.path, upload=upload)
         if not entry.is_dir and entry.content is None:
-            node.obj = ObjectRef.for_file(platform.name, entry.uid or repr(entry.key), entry.version, entry.size)
+            node.obj = _object_of(platform.name, entry)
         self._inodes_by_identity[identity] = inode
         self.nodes[inode] = node
         return node
@@ -245,7 +250,7 @@ class Filesystem(pyfuse3.Operations):
         node.entry = entry
         if changed:
             if entry.content is None:
-                node.obj = ObjectRef.for_file(node.platform.name, entry.uid or repr(entry.key), entry.version, entry.size)
+                node.obj = _object_of(node.platform.name, entry)
             log.info("%s: changed on the platform; its cached pages are dropped", node.path)
             self.cache.nursery.start_soon(self._invalidate, node.inode)
 
@@ -408,8 +413,9 @@ class Filesystem(pyfuse3.Operations):
             handle.upload = node.upload
             node.upload.readers += 1
         elif node.entry.content is None:
-            handle.reader = self._reader(node)
-            self.cache.nursery.start_soon(self._prepare, node)
+            indexes = self._indexes(node)
+            handle.reader = self._reader(node, indexed=bool(indexes))
+            self.cache.nursery.start_soon(self._prepare, node, indexes)
         self._handles[fh] = handle
         # A version's bytes never change (a new version invalidates the inode): keep the page cache.
         return pyfuse3.FileInfo(fh=fh, keep_cache=not node.staged)
@@ -430,33 +436,68 @@ class Filesystem(pyfuse3.Operations):
             handle.reader = self._reader(node)
         return await handle.reader.read(off, size)
 
-    async def _prepare(self, node: Node) -> None:
-        """Resolve a file's (and its index's) download URL while its first read is on its way."""
-        entries = [node.entry]
+    def _indexes(self, node: Node) -> list[Entry]:
+        """The index files beside a file (S1.bam.bai, x.vcf.gz.tbi), as its directory's listing has them."""
         listing = self.listings.cached((node.platform.name, node.parent.key)) if node.parent is not None else None
-        if listing is not None:
-            entries += [listing[name] for name in _companions(node.path.rsplit("/", 1)[-1]) if name in listing]
-        for entry in entries:
+        if listing is None:
+            return []
+        names = _companions(node.path.rsplit("/", 1)[-1])
+        return [listing[name] for name in names if name in listing and not listing[name].is_dir and listing[name].content is None]
+
+    async def _prepare(self, node: Node, indexes: list[Entry]) -> None:
+        """At open, in the background: what a reader of an indexed file asks for after its first
+        read, on its way beside it. htslib (samtools, tabix, IGV) opens a BAM, CRAM or bgzipped
+        VCF, reads its header, checks its last bytes (BGZF's end-of-file marker) and reads its
+        index (S1.bam.bai, x.vcf.gz.tbi): one after the other, three round trips and an API
+        request for the index's URL; here one round trip. A file without an index beside it only
+        has its download URL resolved."""
+        last = node.obj.block_count() - 1
+        tail = (last, last) if indexes and node.obj.size > SEEK_WINDOW else None
+        head = (0, (SEEK_WINDOW - 1) // BLOCK_SIZE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._prefetch, node, node.entry, node.obj, tail)
+            for entry in indexes:
+                nursery.start_soon(self._prefetch, node, entry, _object_of(node.platform.name, entry), head)
+
+    async def _prefetch(self, node: Node, entry: Entry, obj: ObjectRef, blocks: tuple[int, int] | None) -> None:
+        """Resolve `entry`'s download URL, then fetch its `blocks` (first, last) into the cache;
+        nothing where the cache holds the whole file (a remount's cache: no API request)."""
+        await self.cache.store.settled(obj)
+        cached = self.cache.open(obj)
+        try:
+            if cached.held.find(0) < 0:
+                return
             try:
                 await node.platform.prepare_read(entry)
             except PlatformError as exc:  # the read itself will say what is wrong
                 log.debug("%s: could not prepare a read of %s: %s", node.path, entry.name, exc)
+                return
+            if blocks is not None:  # a fetch that fails is asked again by the read that needs it
+                self.cache.prefetch(cached, self._source(node.platform, entry, node.path), *blocks)
+        finally:
+            self.cache.close(cached)
 
-    def _reader(self, node: Node) -> FileReader:
-        platform, entry, what = node.platform, node.entry, node.path
+    def _reader(self, node: Node, *, indexed: bool = False) -> FileReader:
+        source = self._source(node.platform, node.entry, node.path)
+        return FileReader(self.cache, node.obj, source, self.settings.max_window, indexed=indexed)
+
+    @staticmethod
+    def _source(platform: Platform, entry: Entry, what: str) -> Source:
+        """Where the cache fetches a file's bytes from: a presigned URL, fetched in worker
+        threads, or the platform's own `read`."""
         presigned = platform.presigned(entry)
-        if presigned is not None:  # a plain GET of a store's URL: fetched in worker threads
+        if presigned is not None:
             urls, key = presigned
 
             async def into(start: int, end: int, write, landed, working) -> None:
                 await urls.read_range_into(key, start, end, write, landed, working, what=what)
 
-            return FileReader(self.cache, node.obj, IntoSource(into), self.settings.max_window)
+            return IntoSource(into)
 
         def source(start: int, end: int):
             return platform.read(entry, start, end, what=what)
 
-        return FileReader(self.cache, node.obj, source, self.settings.max_window)
+        return source
 
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
@@ -806,14 +847,14 @@ class Filesystem(pyfuse3.Operations):
             if self._inodes_by_identity.get(node.identity) == node.inode:
                 del self._inodes_by_identity[node.identity]
             node.entry, node.identity = entry, (record.platform, entry.key)
-            node.obj = ObjectRef.for_file(record.platform, entry.uid or repr(entry.key), entry.version, entry.size)
+            node.obj = _object_of(record.platform, entry)
             if node.inode in self.nodes:
                 self._inodes_by_identity[node.identity] = node.inode
 
     def _adopt(self, upload: Upload, path: str) -> bool:
         """A confirmed upload's bytes become the cached copy of the platform's new file."""
         entry = upload.entry
-        obj = ObjectRef.for_file(upload.record.platform, entry.uid or repr(entry.key), entry.version, entry.size)
+        obj = _object_of(upload.record.platform, entry)
         return self.cache.store.adopt(obj, Path(path), self.cache.nursery)
 
     # -- explicit acts (`omicsfs complete PATH`) -------------------------------------------------
