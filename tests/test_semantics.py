@@ -269,8 +269,12 @@ def test_a_remount_reads_small_files_from_the_disk_cache(mount, fresh_emulator, 
 
     fresh_emulator.reset_stats()
     second = mount(None, cache_dir=cache)
+    for relative in expected:
+        (second.path / relative).stat()  # the listings
+    listed = fresh_emulator.stats()["api_requests"]
     assert {relative: (second.path / relative).read_bytes() for relative in expected} == expected
     assert fresh_emulator.stats()["store_requests"] == 0, "every block came from the disk cache"
+    assert fresh_emulator.stats()["api_requests"] == listed, "a file the cache holds whole needs no download URL"
 
 
 def test_a_corrupt_cache_file_costs_one_refetch(mount, fresh_emulator, account, tmp_path):
