@@ -7,8 +7,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # fuse3: fusermount3 and the kernel interface; libfuse3-dev + pkg-config + gcc + python3-dev: to
 # build pyfuse3; samtools, tabix: the tools the tests run through the mount; attr: getfattr;
 # systemd: systemd-analyze, which the tests run over the unit files; rsync: `rsync --inplace` into
-# the mount (the write tests).
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv samtools tabix attr curl systemd rsync
+# the mount (the write tests); util-linux-extra: fincore, which tells a test what is in the page cache.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv samtools tabix attr curl systemd rsync util-linux-extra
 
 .PHONY: demo test bench mutation deps venv clean
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -183,6 +184,41 @@ async def test_a_remount_reads_from_disk_with_no_request(tmp_path, nursery):
     source = FakeSource(data)
     assert await read_all(new_cache(tmp_path, nursery), obj, source) == data
     assert source.calls == []
+
+
+def resident(path: str) -> int:
+    """Bytes of a file in the kernel's page cache (util-linux's fincore, which asks mincore)."""
+    done = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES", path],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.strip())
+
+
+async def test_a_reader_of_the_disk_cache_has_its_window_read_from_disk_ahead_of_it(tmp_path, nursery):
+    """After the page cache was dropped, the blocks ahead of a reader are asked of the disk at
+    once (posix_fadvise), so that its next reads find them in memory: a pread that waits for the
+    disk holds up the event loop and every other read."""
+    obj, data = make_object("reread", 64 * BLOCK_SIZE)
+    assert await read_all(new_cache(tmp_path, nursery), obj, FakeSource(data)) == data
+    cache = new_cache(tmp_path, nursery)  # a remount
+    data_path, _ = cache.store.paths(obj)
+    fd = os.open(data_path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the page cache dropped, for this file
+    finally:
+        os.close(fd)
+    if resident(data_path) > BLOCK_SIZE:
+        pytest.skip("this file system keeps the file's pages whatever it is told")
+    cached = cache.open(obj)
+    source = FakeSource(data)
+    assert await cache.read(cached, source, 0, 1000, ahead=47) == data[:1000]  # a window of 48 blocks
+    with trio.move_on_after(5):
+        while resident(data_path) < 48 * BLOCK_SIZE:
+            await trio.sleep(0.02)
+    # The window, and not the whole file (the kernel's own readahead for one block is far smaller).
+    assert 48 * BLOCK_SIZE <= resident(data_path) < 64 * BLOCK_SIZE
+    assert source.calls == []
+    cache.close(cached)
 
 
 async def test_a_torn_block_from_disk_is_fetched_again_never_served(tmp_path, nursery):
