@@ -180,15 +180,22 @@ class CachedObject:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def check(self, first: int, last: int) -> bool:
-        """Check blocks of an earlier mount before they are first served; False if one was torn."""
+    def check(self, first: int, last: int, data: bytes = b"", offset: int = 0) -> bool:
+        """Check blocks of an earlier mount before they are first served; False if one was torn.
+        `data`, the bytes read from `offset`, is checked where it holds a whole block: a read
+        after a remount then reads each block once, not once to check it and again to serve it."""
         whole = True
         if self.unchecked.find(1, first, last + 1) < 0:
             return True
+        view = memoryview(data)
         for index in range(first, last + 1):
             if self.unchecked[index]:
-                data = os.pread(self.data_fd, self.obj.block_length(index), index * BLOCK_SIZE)
-                if len(data) == self.obj.block_length(index) and zlib.crc32(data) == self.crcs[index]:
+                start, length = index * BLOCK_SIZE - offset, self.obj.block_length(index)
+                if 0 <= start and start + length <= len(view):
+                    block = view[start : start + length]
+                else:
+                    block = os.pread(self.data_fd, length, index * BLOCK_SIZE)
+                if len(block) == length and zlib.crc32(block) == self.crcs[index]:
                     self.unchecked[index] = 0
                 else:
                     log.warning("cache: discarding torn or corrupt block %s#%d", self.obj.hex, index)
@@ -443,7 +450,8 @@ class BlockCache:
         while True:
             missing = cached.held.find(0, first, last + 1)
             if missing < 0:
-                if cached.check(first, last):
+                data = os.pread(cached.data_fd, size, offset)
+                if cached.check(first, last, data, offset):
                     break
                 self.stats.torn_blocks += 1
                 self.prefetch(cached, source, first, last)  # torn blocks: fetched again
@@ -461,7 +469,7 @@ class BlockCache:
         else:
             self.stats.hits += 1
         self.stats.bytes_served += size
-        return os.pread(cached.data_fd, size, offset)
+        return data
 
     async def _fetch(self, cached: CachedObject, source: Source, fetch: _Fetch) -> None:
         obj = cached.obj
