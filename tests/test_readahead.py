@@ -114,7 +114,7 @@ def test_what_a_seek_fetches_on_the_strength_of_the_run_before_is_capped():
     readahead = ReadAhead(64 * MiB)
     for n in range(160):  # 20 MiB read in order
         readahead.advance(n * READ, READ)
-    assert readahead.advance(500 * MiB, READ) == 500 * MiB + SEEK_WINDOW_MAX
+    assert readahead.advance(500 * MiB, READ) == 500 * MiB + 2 * MiB  # docs/SEMANTICS.md: up to 2 MiB
     small = ReadAhead(SEEK_WINDOW + READ)  # and never more than the window's own cap
     for n in range(16):
         small.advance(n * READ, READ)
@@ -129,6 +129,8 @@ def test_an_indexed_file_read_at_its_start_fetches_only_the_read():
     assert readahead.advance(200 * MiB, 4 * KiB) == 200 * MiB + SEEK_WINDOW  # the end-of-file marker
     assert readahead.advance(0, 16 * KiB) == 16 * KiB
     assert readahead.advance(50 * MiB, 4 * KiB) == 50 * MiB + SEEK_WINDOW  # a region: a seek as any other
+    # The header is the first block: a seek to the second is a seek as any other.
+    assert readahead.advance(BLOCK_SIZE, 4 * KiB) == BLOCK_SIZE + SEEK_WINDOW
     assert ReadAhead(8 * MiB).advance(0, 64 * KiB) == SEEK_WINDOW  # without an index: a first window
 
 
@@ -180,6 +182,16 @@ async def test_a_region_like_the_one_before_is_fetched_in_one_request(tmp_path, 
         else:
             assert first_start <= start and first_end >= start + length, f"region {region} took more than one request"
     assert source.bytes <= 2 * (900 + 800 + 300) * KiB + 3 * BLOCK_SIZE
+
+
+async def test_an_indexed_file_s_header_read_fetches_one_request_of_its_own_blocks(tmp_path, nursery):
+    data = random.Random(7).randbytes(8 * MiB)
+    source = CountingSource(data)
+    reader = FileReader(BlockCache(ObjectStore(tmp_path, 1024 * MiB), nursery), ObjectRef.for_file("test", "bam", "v1", len(data)),
+                        source, 4 * MiB, indexed=True)
+    assert await reader.read(0, 4096) == data[:4096]
+    await trio.testing.wait_all_tasks_blocked()
+    assert source.calls == [(0, BLOCK_SIZE)]
 
 
 async def test_reads_within_what_was_fetched_fetch_it_not_again(tmp_path, nursery):
