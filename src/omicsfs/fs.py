@@ -436,15 +436,17 @@ class Filesystem(pyfuse3.Operations):
             handle.reader = self._reader(node)
         return await handle.reader.read(off, size)
 
-    def _indexes(self, node: Node) -> list[Entry]:
-        """The index files beside a file (S1.bam.bai, x.vcf.gz.tbi), as its directory's listing has them."""
+    def _indexes(self, node: Node) -> dict[str, Entry]:
+        """The index files beside a file (S1.bam.bai, x.vcf.gz.tbi) by their paths in the mount,
+        as its directory's listing has them."""
         listing = self.listings.cached((node.platform.name, node.parent.key)) if node.parent is not None else None
         if listing is None:
-            return []
-        names = _companions(node.path.rsplit("/", 1)[-1])
-        return [listing[name] for name in names if name in listing and not listing[name].is_dir and listing[name].content is None]
+            return {}
+        names = [name for name in _companions(node.path.rsplit("/", 1)[-1]) if name in listing]
+        return {f"{node.parent_path}/{name}": listing[name] for name in names
+                if not listing[name].is_dir and listing[name].content is None}
 
-    async def _prepare(self, node: Node, indexes: list[Entry]) -> None:
+    async def _prepare(self, node: Node, indexes: dict[str, Entry]) -> None:
         """At open, in the background: what a reader of an indexed file asks for after its first
         read, on its way beside it. htslib (samtools, tabix, IGV) opens a BAM, CRAM or bgzipped
         VCF, reads its header, checks its last bytes (BGZF's end-of-file marker) and reads its
@@ -454,26 +456,29 @@ class Filesystem(pyfuse3.Operations):
         last = node.obj.block_count() - 1
         tail = (last, last) if indexes and node.obj.size > SEEK_WINDOW else None
         head = (0, (SEEK_WINDOW - 1) // BLOCK_SIZE)
+        platform = node.platform
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._prefetch, node, node.entry, node.obj, tail)
-            for entry in indexes:
-                nursery.start_soon(self._prefetch, node, entry, _object_of(node.platform.name, entry), head)
+            nursery.start_soon(self._prefetch, platform, node.path, node.entry, node.obj, tail)
+            for path, entry in indexes.items():
+                nursery.start_soon(self._prefetch, platform, path, entry, _object_of(platform.name, entry), head)
 
-    async def _prefetch(self, node: Node, entry: Entry, obj: ObjectRef, blocks: tuple[int, int] | None) -> None:
-        """Resolve `entry`'s download URL, then fetch its `blocks` (first, last) into the cache;
-        nothing where the cache holds the whole file (a remount's cache: no API request)."""
+    async def _prefetch(self, platform: Platform, path: str, entry: Entry, obj: ObjectRef,
+                        blocks: tuple[int, int] | None) -> None:
+        """Resolve the download URL of `entry` (at `path` in the mount), then fetch its `blocks`
+        (first, last) into the cache; nothing where the cache holds the whole file (a remount's
+        cache: no API request)."""
         await self.cache.store.settled(obj)
         cached = self.cache.open(obj)
         try:
             if cached.held.find(0) < 0:
                 return
             try:
-                await node.platform.prepare_read(entry)
+                await platform.prepare_read(entry)
             except PlatformError as exc:  # the read itself will say what is wrong
-                log.debug("%s: could not prepare a read of %s: %s", node.path, entry.name, exc)
+                log.debug("%s: could not prepare a read: %s", path, exc)
                 return
             if blocks is not None:  # a fetch that fails is asked again by the read that needs it
-                self.cache.prefetch(cached, self._source(node.platform, entry, node.path), *blocks)
+                self.cache.prefetch(cached, self._source(platform, entry, path), *blocks)
         finally:
             self.cache.close(cached)
 
