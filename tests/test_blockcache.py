@@ -236,6 +236,27 @@ async def test_a_torn_block_from_disk_is_fetched_again_never_served(tmp_path, nu
     assert second.stats.torn_blocks == 1
 
 
+@pytest.mark.parametrize("torn, offset, size", [
+    (3, 3 * BLOCK_SIZE, BLOCK_SIZE),  # a read of exactly the torn block (the object's last)
+    (2, BLOCK_SIZE + 10, BLOCK_SIZE),  # the torn block is the last the read touches
+    (1, BLOCK_SIZE - 1, 2),  # a read of two bytes, one in each of two blocks
+])
+async def test_a_torn_block_is_never_served_wherever_the_read_falls(tmp_path, nursery, torn, offset, size):
+    obj, data = make_object("torn-last", 4 * BLOCK_SIZE)
+    first = new_cache(tmp_path, nursery)
+    assert await read_all(first, obj, FakeSource(data)) == data
+    data_path, _ = first.store.paths(obj)
+    with open(data_path, "r+b") as file:  # the block's last byte changes on disk between mounts
+        file.seek((torn + 1) * BLOCK_SIZE - 1)
+        file.write(bytes([data[(torn + 1) * BLOCK_SIZE - 1] ^ 0xFF]))
+    source = FakeSource(data)
+    second = new_cache(tmp_path, nursery)
+    cached = second.open(obj)
+    assert await second.read(cached, source, offset, size) == data[offset : offset + size]
+    assert source.fetched_blocks() == [torn] and second.stats.torn_blocks == 1
+    second.close(cached)
+
+
 async def test_an_unreadable_index_is_discarded(tmp_path, nursery):
     obj, data = make_object("index", 3 * BLOCK_SIZE)
     first = new_cache(tmp_path, nursery)
