@@ -180,7 +180,7 @@ class CachedObject:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def check(self, first: int, last: int, data: bytes = b"", offset: int = 0) -> bool:
+    def check(self, first: int, last: int, data: bytes, offset: int) -> bool:
         """Check blocks of an earlier mount before they are first served; False if one was torn.
         `data`, the bytes read from `offset`, is checked where it holds a whole block: a read
         after a remount then reads each block once, not once to check it and again to serve it."""

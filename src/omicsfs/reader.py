@@ -15,9 +15,10 @@ are alike: the first region's run is found in a few round trips, the next ones a
 
 These figures were chosen with bench/'s region query (three regions of a 230 MB BAM, samtools
 reading 2.0 MB, the kernel's readahead at 128 KiB, the store 20 ms away): a first window of
-256 KiB after every seek fetched 3.9 MB in 10 round trips after the index; learning from the run
-before, 4.0 MB in 6 (the first region takes 4). Growing the window as fast as the reader reads
-(rather than by half) saved no round trip there and fetched 0.3 MB more.
+256 KiB after every seek fetched 3.9 MB, the regions in 12 GETs; learning from the run before,
+4.0 MB, the regions in 7 (5 for the first, about 3 round trips; one for each of the others).
+Growing the window as fast as the reader reads (rather than by half) saved no round trip there
+and fetched 0.3 MB more.
 """
 
 from __future__ import annotations
