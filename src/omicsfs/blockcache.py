@@ -12,10 +12,14 @@ recently, outside the daemon, and drops it under memory pressure. The daemon hol
 in flight, so its memory stays bounded whatever the files' sizes.
 
 Each object (`<digest>.data`) has an index (`<digest>.index`): per block its CRC32 and whether
-it is held. A block's bytes are written before its index record, and a block read from an
-earlier mount is checked against its CRC before it is first served: a torn block is dropped and
-fetched again, never served. The least recently used objects go first when the cache is over its
-size; their order (the index files' times) survives remounts.
+it is held. A block's bytes are written before its index record, so a daemon that is killed
+leaves no torn block: the page cache holds every write that returned, whoever made it. Only a
+crash of the machine can tear one (the disk got the record and not the bytes), and that starts a
+new boot: an index records the boot in which all its blocks were last known whole, and a block
+of another boot is checked against its CRC before it is first served; a torn block is dropped
+and fetched again, never served. Blocks of this boot are served unchecked: a re-read after a
+remount costs no CRC. The least recently used objects go first when the cache is over its size;
+their order (the index files' times) survives remounts.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import logging
 import os
 import struct
 import time
+import uuid
 import zlib
 from array import array
 from collections import OrderedDict, deque
@@ -41,6 +46,16 @@ from omicsfs.errors import PlatformError
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 64 * 1024
+
+
+def current_boot() -> bytes:
+    """The id of the machine's current boot (16 bytes); random where unknown, so that every block
+    of an earlier mount is then checked."""
+    try:
+        return uuid.UUID(Path("/proc/sys/kernel/random/boot_id").read_text().strip()).bytes
+    except (OSError, ValueError):
+        return os.urandom(16)
+
 
 @dataclass(frozen=True)
 class IntoSource:
@@ -93,9 +108,11 @@ class _Fetch:
 class CachedObject:
     """One object's file and index, open; which blocks it holds, and what is on its way."""
 
-    INDEX_HEADER = struct.Struct("<8s16sQ")  # magic, digest, object size
+    #: Magic, digest, object size, and the boot in which every held block was last known whole.
+    INDEX_HEADER = struct.Struct("<8s16sQ16s")
+    BOOT_OFFSET = INDEX_HEADER.size - 16
     RECORD = struct.Struct("<IB3x")  # CRC32 of the block, held (1) or not (0)
-    MAGIC = b"OMFSIDX1"
+    MAGIC = b"OMFSIDX2"
 
     def __init__(self, store: ObjectStore, obj: ObjectRef):
         self.store = store
@@ -103,8 +120,10 @@ class CachedObject:
         count = obj.block_count()
         self.held = bytearray(count)
         self.crcs = array("I", bytes(4 * count))
-        #: Blocks of an earlier mount not yet checked against their CRC.
+        #: Blocks of an earlier boot not yet checked against their CRC.
         self.unchecked = bytearray(count)
+        #: Whether the index says this boot (none unchecked): else it is said once all are checked.
+        self.trusted = True
         self.fetches: list[_Fetch] = []
         #: Set (and replaced) whenever blocks arrive or a fetch fails: what readers wait on.
         self.changed = trio.Event()
@@ -120,19 +139,32 @@ class CachedObject:
 
     def _load(self) -> None:
         header = os.pread(self.index_fd, self.INDEX_HEADER.size, 0)
-        expected = self.INDEX_HEADER.pack(self.MAGIC, self.obj.digest, self.obj.size)
-        if header != expected:
-            if header:
+        expected = self.INDEX_HEADER.pack(self.MAGIC, self.obj.digest, self.obj.size, self.store.boot)
+        if header[: self.BOOT_OFFSET] != expected[: self.BOOT_OFFSET] or len(header) != len(expected):
+            if header[:8] != self.MAGIC and header.startswith(self.MAGIC[:-1]):
+                log.info("cache: starting over %s, cached by an omicsfs with another index format", self.obj.hex)
+            elif header:
                 log.warning("cache: discarding the unreadable index of %s", self.obj.hex)
             os.ftruncate(self.index_fd, 0)
             os.ftruncate(self.data_fd, 0)
             os.pwrite(self.index_fd, expected, 0)
             return
+        self.trusted = header == expected
+        unchecked = 0 if self.trusted else 1
         records = os.pread(self.index_fd, self.RECORD.size * len(self.held), self.INDEX_HEADER.size)
         for index, (crc, held) in enumerate(self.RECORD.iter_unpack(records[: len(records) // self.RECORD.size * self.RECORD.size])):
             if held:
-                self.held[index] = self.unchecked[index] = 1
+                self.held[index] = 1
+                self.unchecked[index] = unchecked
                 self.crcs[index] = crc
+        self._trust()
+
+    def _trust(self) -> None:
+        """Once no block of another boot is left unchecked, say so in the index: a remount in this
+        boot then serves every block without checking it."""
+        if not self.trusted and self.unchecked.find(1) < 0:
+            os.pwrite(self.index_fd, self.store.boot, self.BOOT_OFFSET)
+            self.trusted = True
 
     def close(self) -> None:
         for fd in (self.data_fd, self.index_fd):
@@ -181,7 +213,7 @@ class CachedObject:
     # -- reading -------------------------------------------------------------------------------
 
     def check(self, first: int, last: int, data: bytes, offset: int) -> bool:
-        """Check blocks of an earlier mount before they are first served; False if one was torn.
+        """Check blocks of an earlier boot before they are first served; False if one was torn.
         `data`, the bytes read from `offset`, is checked where it holds a whole block: a read
         after a remount then reads each block once, not once to check it and again to serve it."""
         whole = True
@@ -201,6 +233,7 @@ class CachedObject:
                     log.warning("cache: discarding torn or corrupt block %s#%d", self.obj.hex, index)
                     self.drop(index)
                     whole = False
+        self._trust()
         return whole
 
 
@@ -210,9 +243,11 @@ class ObjectStore:
     #: Objects kept open (their files and indexes) at once.
     OPEN = 64
 
-    def __init__(self, directory: Path, capacity: int):
+    def __init__(self, directory: Path, capacity: int, boot: bytes | None = None):
         self.directory = Path(directory) / "objects"
         self.capacity = capacity
+        #: This boot's id (`current_boot`): blocks whose index says it are served unchecked.
+        self.boot = current_boot() if boot is None else boot
         self.used = 0
         #: Every object on disk, least recently used first: digest hex -> bytes held (estimated from
         #: the blocks allocated to its file, until it is opened).
@@ -293,7 +328,7 @@ class ObjectStore:
                 return
             data_path, index_path = self.paths(obj)
             with open(index_path, "wb") as file:
-                file.write(CachedObject.INDEX_HEADER.pack(CachedObject.MAGIC, obj.digest, obj.size) + index)
+                file.write(CachedObject.INDEX_HEADER.pack(CachedObject.MAGIC, obj.digest, obj.size, self.boot) + index)
             os.replace(adopting, data_path)
             self.used += obj.block_count() * BLOCK_SIZE - max(0, self._lru.pop(obj.hex, 0))
             self._lru[obj.hex] = obj.block_count() * BLOCK_SIZE
