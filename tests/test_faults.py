@@ -238,6 +238,28 @@ def test_a_scripted_demo_leaves_no_process_behind(tmp_path, emulator, how):
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
 
+def test_a_kill_anywhere_in_a_scripted_demo_s_stop_ends_it_cleanly(tmp_path, emulator):
+    """`fusermount3 -u DIR; kill $pid`, the kill landing 0-350 ms after the unmount: in the
+    daemon's teardown, the demo's cleanup or its exit. It once died of it (-15) in about one
+    stop in five, after its cleanup was done; the exit status is the demo's own, whenever it lands."""
+    mountpoint = tmp_path / "mnt"
+    for delay in (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35):
+        demo = start_demo(mountpoint, emulator)
+        try:
+            (child,) = children(demo.pid)
+            subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+            time.sleep(delay)
+            demo.send_signal(signal.SIGTERM)
+            assert demo.wait(timeout=60) in (0, 130), f"killed {delay} s after the unmount"
+            assert gone(child)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+            if is_mounted(mountpoint) or os.path.ismount(mountpoint):
+                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
 def test_a_signal_during_the_unmount_lets_it_finish(mount, fresh_emulator):
     mounted = mount()
     pid = mounted.daemon_pid()

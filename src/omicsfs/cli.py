@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import logging
@@ -378,8 +377,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     mountpoint = Path(args.mountpoint).absolute()
     mountpoint.mkdir(parents=True, exist_ok=True)
     # A kill stops the demo as Ctrl-C does: through the cleanup below. (While mounted, the
-    # daemon's own signal handling unmounts first.)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # daemon's own signal handling unmounts first.) Sent on as SIGINT, not raised here: inside
+    # trio.run, after the mount's own handling has ended, trio delivers a SIGINT where it is safe,
+    # where a KeyboardInterrupt raised anywhere in trio's teardown came out as TrioInternalError
+    # (the demo exited 1 now and then when killed just after `fusermount3 -u`).
+    signal.signal(signal.SIGTERM, lambda number, frame: os.kill(os.getpid(), signal.SIGINT))
     print("omicsfs demo: starting the emulator (the first run generates its sample data)...", flush=True)
     emulator = EmulatorProcess(args.data, large_file_size=args.large_file_size, port=args.port)
     cache_dir = Path(tempfile.mkdtemp(prefix="omicsfs-demo-cache-"))
@@ -394,24 +396,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        with signals_deferred():
-            emulator.stop()
-            shutil.rmtree(cache_dir, ignore_errors=True)
+        defer_signals()
+        emulator.stop()
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        # Done: a kill from here on has nothing left to stop. Ignored, not left to Python's exit,
+        # which would die of it (status -15) after the cleanup it was meant to allow.
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
 
 
-@contextlib.contextmanager
-def signals_deferred():
-    """Cleanup that a second Ctrl-C or a `kill` must not cut short: such signals are noted, not obeyed."""
+def defer_signals() -> None:
+    """From here on a second Ctrl-C or a `kill` is noted, not obeyed: the cleanup must not be cut short."""
 
     def note(number, frame) -> None:
         print(f"omicsfs: {signal.Signals(number).name} while stopping; finishing the cleanup first", file=sys.stderr)
 
-    previous = {number: signal.signal(number, note) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, note)
 
 
 # -- argument parsing ----------------------------------------------------------------------------
