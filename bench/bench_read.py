@@ -44,7 +44,7 @@ from pathlib import Path
 import httpx
 
 from delayproxy import DEFAULT_RTT_MS, DEFAULT_WINDOW, parse_size
-from harness import (MB, MiB, Harness, Series, default_data_dir, dd, fuse_readahead_kb, machine, missing_tool, note,
+from harness import (MB, MiB, Harness, Series, default_data_dir, dd, fuse_readahead_kb, machine, missing_tool, note, page_fill,
                      run_bench, run_on_mount, save_and_print)
 from omicsfs.emulator import platform_modules, sampledata
 from read_report import render
@@ -502,6 +502,7 @@ class ReadBench(Harness):
         load_before = os.getloadavg()
         self.setup()
         results: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        fill = page_fill(self.workdir)
         groups = self.args.only
         # The load average as each group starts and ends: on a shared machine, whether others ran meanwhile.
         results["load"] = {}
@@ -522,7 +523,7 @@ class ReadBench(Harness):
             group("listing", self.bench_listing)
         if "platforms" in groups:
             group("platforms", self.bench_platforms)
-        results["machine"] = machine(load_before, self.drop_caches_allowed)
+        results["machine"] = machine(load_before, self.drop_caches_allowed) | {"page_fill": fill}
         results["settings"] = {
             "runs": self.runs,
             "rtt_ms": self.args.rtt_ms,

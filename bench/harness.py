@@ -464,6 +464,29 @@ def tool_versions() -> dict:
     return versions
 
 
+def page_fill(directory: Path, size: int = 1024 * MiB) -> dict:
+    """How fast this machine gives the page cache memory after `drop_caches`: a new file of `size`
+    written once after the caches were dropped (and a moment left, as after a step's setup), then
+    written over. On a VM that hands freed memory back to its host (virtio-balloon's free page
+    reporting), the first write pays for getting it back: a cold read through a disk cache fills
+    two sets of new pages (the cache file's and FUSE's), a client without one a single set."""
+    path = directory / "page-fill.tmp"
+    chunk = b"\1" * MiB
+    drop_caches()
+    time.sleep(2)
+    speeds = []
+    try:
+        for _ in range(2):
+            start = time.monotonic()
+            with open(path, "r+b" if path.exists() else "wb", buffering=0) as file:
+                for _ in range(size // MiB):
+                    file.write(chunk)
+            speeds.append(size / (time.monotonic() - start) / MB)
+    finally:
+        path.unlink(missing_ok=True)
+    return {"new_pages_mb_s": speeds[0], "same_pages_mb_s": speeds[1]}
+
+
 def machine(load_before: tuple, drop_caches_allowed: bool | None) -> dict:
     return {
         "kernel": platform.release(),

@@ -245,6 +245,12 @@ def render(results: dict) -> str:
         (f"machine: {machine['cpus']} CPUs, Linux {machine['kernel']}, load average "
          f"{machine['load_average_before'][0]:.1f} before / {machine['load_average_after'][0]:.1f} after; "
          f"drop_caches {'used' if machine['drop_caches_allowed'] else 'NOT allowed: cold figures are not cold'}"),
+    ]
+    if fill := machine.get("page_fill"):
+        lines.append(f"memory: a new 1 GiB file written at {fill['new_pages_mb_s']:.0f} MB/s after drop_caches, "
+                     f"{fill['same_pages_mb_s']:.0f} MB/s written over (new pages cost this much here; a cold read "
+                     f"through a disk cache fills two sets, the cache file's and FUSE's)")
+    lines += [
         (f"store: nginx on loopback (GETs, bytes and connections as it logged them); API and store "
          f"{settings['rtt_ms']:g} ms away through bench/delayproxy.py where a table says so; omicsfs mounted with "
          f"{' '.join(settings['mount_options'])}"),
