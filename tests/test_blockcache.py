@@ -324,6 +324,22 @@ async def test_an_unreadable_index_is_discarded(tmp_path, nursery):
     assert sorted(source.fetched_blocks()) == [0, 1, 2]
 
 
+async def test_an_index_of_the_earlier_format_starts_over_quietly(tmp_path, nursery, caplog):
+    # omicsfs before the boot was recorded wrote OMFSIDX1 headers, 16 bytes shorter: such a cache
+    # is fetched again (once), with an info line rather than a warning per file.
+    obj, data = make_object("old-format", 3 * BLOCK_SIZE)
+    first = new_cache(tmp_path, nursery)
+    assert await read_all(first, obj, FakeSource(data)) == data
+    _, index_path = first.store.paths(obj)
+    old = Path(index_path).read_bytes()
+    Path(index_path).write_bytes(b"OMFSIDX1" + old[8:32] + old[48:])
+    source = FakeSource(data)
+    with caplog.at_level(logging.INFO, logger="omicsfs.blockcache"):
+        assert await read_all(new_cache(tmp_path, nursery), obj, source) == data
+    assert sorted(source.fetched_blocks()) == [0, 1, 2]
+    assert "another index format" in caplog.text and "WARNING" not in caplog.text
+
+
 async def test_the_least_recently_used_objects_go_first_and_the_order_survives_a_remount(tmp_path, nursery):
     cache = new_cache(tmp_path, nursery, capacity=8 * BLOCK_SIZE)
     objects = [make_object(f"lru{n}", 3 * BLOCK_SIZE) for n in range(3)]
