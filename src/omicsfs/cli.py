@@ -379,8 +379,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # A kill stops the demo as Ctrl-C does: through the cleanup below. (While mounted, the
     # daemon's own signal handling unmounts first.) Sent on as SIGINT, not raised here: inside
     # trio.run, after the mount's own handling has ended, trio delivers a SIGINT where it is safe,
-    # where a KeyboardInterrupt raised anywhere in trio's teardown came out as TrioInternalError
-    # (the demo exited 1 now and then when killed just after `fusermount3 -u`).
+    # where a KeyboardInterrupt raised anywhere in trio's teardown can come out as
+    # TrioInternalError (likely the exit status 1 the demo once gave when killed as it stopped).
     signal.signal(signal.SIGTERM, lambda number, frame: os.kill(os.getpid(), signal.SIGINT))
     print("omicsfs demo: starting the emulator (the first run generates its sample data)...", flush=True)
     emulator = EmulatorProcess(args.data, large_file_size=args.large_file_size, port=args.port)
