@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from omicsfs.emulator import sampledata
@@ -266,6 +267,10 @@ def test_a_remount_reads_small_files_from_the_disk_cache(mount, fresh_emulator, 
         if not str(relative).startswith("basespace/Runs"):
             assert md5(data) == item_at(account, str(relative))["Md5"], relative
     run_omicsfs("unmount", str(first.path))
+    # The store it read from is remembered, to be connected to as the next mount starts: its
+    # address only, no URL, no signature.
+    store = httpx.URL(fresh_emulator.url)
+    assert (cache / "stores").read_text() == f"http {store.host} {store.port}\n"
 
     fresh_emulator.reset_stats()
     second = mount(None, cache_dir=cache)
@@ -286,7 +291,10 @@ def test_a_corrupt_cache_file_costs_one_refetch(mount, fresh_emulator, account, 
     run_omicsfs("unmount", str(first.path))
     cached = [path for path in cache.rglob("*") if path.is_file()]
     assert cached, "the read left nothing in the cache directory"
-    for path in cached:  # one byte flipped in the middle of every file the cache holds
+    # One byte flipped in the middle of every file the cache holds: the object's index is
+    # unreadable then and the block is fetched again. (A data block alone changed within one boot
+    # is served as the page cache holds it; after a reboot it is checked: tests/test_blockcache.py.)
+    for path in cached:
         raw = bytearray(path.read_bytes())
         raw[len(raw) // 2] ^= 0x20
         path.write_bytes(bytes(raw))

@@ -146,6 +146,42 @@ def test_a_kept_connection_the_server_closed_meanwhile_is_replaced(serve):
     assert [number for number, _ in server.requests] == [1, 1, 2]
 
 
+def test_a_mount_warms_connections_to_the_stores_the_last_one_read_from(serve, tmp_path):
+    server = serve(lambda start, end, _: partial(start, end))
+    remember = tmp_path / "stores"
+    first = transfer.Connections(remember=remember)
+    first.warm()  # nothing remembered yet: nothing opened
+    assert server.connections == 0
+    assert fetch(server, 0, 10, first) == (DATA[:10], None)
+    # Addresses only: no path, no signature.
+    assert remember.read_text() == f"http 127.0.0.1 {server.url.split(':')[2].split('/')[0]}\n"
+    assert "secret" not in remember.read_text()
+
+    # The next mount opens WARM connections before its first read, and its reads use them.
+    again = transfer.Connections(remember=remember)
+    again.warm()
+    while server.connections < 1 + transfer.WARM:
+        threading.Event().wait(0.01)
+    for start in range(0, 30, 10):
+        assert fetch(server, start, start + 10, again) == (DATA[start : start + 10], None)
+    assert server.connections == 1 + transfer.WARM
+    assert {number for number, _ in server.requests[1:]} <= set(range(2, 2 + transfer.WARM))
+
+
+def test_remembered_stores_are_a_few_and_a_gone_one_costs_nothing(tmp_path):
+    remember = tmp_path / "stores"
+    ports = []
+    for _ in range(6):  # ports nothing listens on
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            ports.append(unused.getsockname()[1])
+    remember.write_text("".join(f"http 127.0.0.1 {port}\n" for port in ports) + "not a line\nftp 127.0.0.1 21\n")
+    connections = transfer.Connections(remember=remember)
+    assert connections._known == [("http", "127.0.0.1", port) for port in ports[-transfer.REMEMBERED:]]
+    connections.warm()  # refused: given up at once, nothing kept
+    assert not any(connections._idle.values())
+
+
 # -- Http.read_range_into: the async side, with the usual retries --------------------------------------
 
 

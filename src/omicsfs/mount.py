@@ -7,6 +7,7 @@ behind; `pyfuse3.close(unmount=True)` runs on every way out once it does.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 #: (192 against 526 MB/s), since the daemon's own window keeps the network busy either way.
 READ_AHEAD_KB = 128
 MAX_WINDOW = 64 * 1024 * 1024
+#: In the cache dir: the stores the last mounts read from, warmed at the next (`transfer.Connections`).
+STORES_FILE = "stores"
 
 
 #: Where fusermount3 reads whether users other than root may mount with allow_other.
@@ -134,10 +137,9 @@ def prepare_mountpoint(mountpoint: Path, allow_other: bool = False) -> None:
         raise OmicsfsError(f"{mountpoint} is already a mount point (omicsfs unmount {mountpoint})")
 
 
-def build_platforms(config: Config, client: httpx.AsyncClient) -> dict[str, Platform]:
+def build_platforms(config: Config, client: httpx.AsyncClient, transfers: transfer.Connections) -> dict[str, Platform]:
     """Every configured platform, each with an `Http` of its own (its own figures) on the shared
     client and the shared pool of the worker threads' connections."""
-    transfers = transfer.Connections()
     return {p.name: platform_class(p.kind)(p.name, p.settings, Http(client, transfers=transfers)) for p in config.platforms}
 
 
@@ -225,11 +227,13 @@ class _Life:
 
 async def _serve(config: Config, mountpoint: Path, ready: Callable[[], None], life: _Life) -> None:
     async with new_client() as client:
-        platforms = build_platforms(config, client)
+        transfers = transfer.Connections(remember=Path(config.cache_dir) / STORES_FILE)
+        platforms = build_platforms(config, client, transfers)
         notify.status(f"checking the tokens of {', '.join(platforms)}")
         await check_credentials(platforms)
         store = ObjectStore(config.cache_dir, config.cache_size)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(trio.to_thread.run_sync, transfers.warm, abandon_on_cancel=True))
             cache = BlockCache(store, nursery)
             uploads = Uploads(Journal(config.cache_dir), platforms, nursery, write_back=config.write_back)
             # The prefetch window is capped so that prefetched blocks still fit the memory cache.

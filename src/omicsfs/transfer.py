@@ -18,6 +18,8 @@ and resumes like any other.
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import ssl
 import threading
@@ -25,6 +27,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import certifi
 import httpx
@@ -35,6 +38,14 @@ PIECE = 1024 * 1024
 IDLE_PER_HOST = 8
 MAX_HEADER = 64 * 1024
 TIMEOUT = 30.0
+#: Stores remembered across mounts (the latest first reads went to), and the connections opened
+#: to each at mount: an indexed file's first reads go out three at once (header, end, index).
+REMEMBERED = 4
+WARM = 3
+#: A store that does not answer a warming connection this soon is not waited for.
+WARM_TIMEOUT = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class Cut(OSError):
@@ -63,12 +74,45 @@ Key = tuple[str, str, int]
 
 
 class Connections:
-    """Keep-alive sockets per (scheme, host, port), shared by the worker threads."""
+    """Keep-alive sockets per (scheme, host, port), shared by the worker threads.
 
-    def __init__(self) -> None:
+    With `remember` (a file in the cache dir), the stores connected to are kept across mounts
+    (their addresses only: no URL, no signature), and `warm` opens connections to them at the
+    next mount, while its first listings run: a mount's first read then pays its request alone,
+    not a new connection too (a round trip, and one or two more for TLS to S3)."""
+
+    def __init__(self, remember: Path | None = None) -> None:
         self._idle: dict[Key, list[socket.socket]] = defaultdict(list)
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
+        self._remember = remember
+        self._known = self._load()
+
+    def _load(self) -> list[Key]:
+        if self._remember is None:
+            return []
+        try:
+            lines = self._remember.read_text().splitlines()
+        except (OSError, ValueError):
+            return []  # none yet, or not ours to read: nothing is warmed
+        known = []
+        for line in lines:
+            scheme, host, port = (line.split(" ") + ["", "", ""])[:3]
+            if scheme in ("http", "https") and host and port.isdigit():
+                known.append((scheme, host, int(port)))
+        return known[-REMEMBERED:]
+
+    def _note(self, key: Key) -> None:
+        """Remember a store the first time this mount connects to it (under the lock)."""
+        if self._remember is None or key in self._known:
+            return
+        self._known = [*self._known, key][-REMEMBERED:]
+        try:
+            partial = self._remember.with_name(self._remember.name + ".new")
+            partial.write_text("".join(f"{scheme} {host} {port}\n" for scheme, host, port in self._known))
+            os.replace(partial, self._remember)
+        except OSError as exc:
+            log.debug("cannot remember the store %s: %s", key[1], exc)
 
     def take(self, key: Key) -> tuple[socket.socket, bool]:
         """A connection to `key` and whether it was reused (a reused one may have been closed by
@@ -76,14 +120,30 @@ class Connections:
         with self._lock:
             if self._idle[key]:
                 return self._idle[key].pop(), True
+            self._note(key)
+        return self._connect(key, TIMEOUT), False
+
+    def _connect(self, key: Key, timeout: float) -> socket.socket:
         scheme, host, port = key
-        sock = socket.create_connection((host, port), timeout=TIMEOUT)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.settimeout(TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if scheme == "https":
             if self._tls is None:
                 self._tls = ssl.create_default_context(cafile=certifi.where())
             sock = self._tls.wrap_socket(sock, server_hostname=host)
-        return sock, False
+        return sock
+
+    def warm(self) -> None:
+        """In a worker thread, at mount: open `WARM` connections to each remembered store."""
+        for key in list(self._known):
+            for _ in range(WARM):
+                try:
+                    sock = self._connect(key, WARM_TIMEOUT)
+                except OSError as exc:
+                    log.debug("no warm connection to the store %s: %s", key[1], exc)
+                    break
+                self.give_back(key, sock)
 
     def give_back(self, key: Key, sock: socket.socket) -> None:
         with self._lock:
