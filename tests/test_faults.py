@@ -3,6 +3,7 @@ hostile names, and a shutdown that always finishes."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -11,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -166,16 +168,27 @@ def test_warnings_reach_stderr_in_the_foreground_with_a_log_file(fresh_emulator,
 # -- shutdown -------------------------------------------------------------------------------------
 
 
-def start_demo(mountpoint: Path, emulator) -> subprocess.Popen:
+@contextlib.contextmanager
+def running_demo(mountpoint: Path, emulator) -> Iterator[subprocess.Popen]:
+    """`omicsfs demo`, once it has mounted; killed and unmounted on the way out if a test left it."""
     demo = subprocess.Popen([*OMICSFS, "demo", str(mountpoint), "--data", str(emulator.data_dir), "--large-file-size", "64M"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = demo.stdout.readline()
-        assert line, "the demo ended before mounting"
-        if line.startswith("Press Ctrl-C"):
-            return demo
-    raise AssertionError("the demo did not mount in time")
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            assert line, "the demo ended before mounting"
+            if line.startswith("Press Ctrl-C"):
+                break
+        else:
+            raise AssertionError("the demo did not mount in time")
+        yield demo
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        if is_mounted(mountpoint) or os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
 
 def children(pid: int) -> list[int]:
@@ -216,8 +229,7 @@ def emulator_port_closed(port: int) -> bool:
 @pytest.mark.parametrize("how", ["unmount, then kill", "kill -9"])
 def test_a_scripted_demo_leaves_no_process_behind(tmp_path, emulator, how):
     mountpoint = tmp_path / "mnt"
-    demo = start_demo(mountpoint, emulator)
-    try:
+    with running_demo(mountpoint, emulator) as demo:
         (child,) = children(demo.pid)
         port = int(next(arg for arg in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[1:] if arg.isdigit()))
         if how == "kill -9":
@@ -230,12 +242,6 @@ def test_a_scripted_demo_leaves_no_process_behind(tmp_path, emulator, how):
             assert demo.wait(timeout=60) in (0, 130)
         assert gone(child), "the emulator outlived the demo"
         assert emulator_port_closed(port)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
-        if is_mounted(mountpoint) or os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
 
 def test_a_kill_anywhere_in_a_scripted_demo_s_stop_ends_it_cleanly(tmp_path, emulator):
@@ -244,20 +250,13 @@ def test_a_kill_anywhere_in_a_scripted_demo_s_stop_ends_it_cleanly(tmp_path, emu
     stop in five, after its cleanup was done; the exit status is the demo's own, whenever it lands."""
     mountpoint = tmp_path / "mnt"
     for delay in (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35):
-        demo = start_demo(mountpoint, emulator)
-        try:
+        with running_demo(mountpoint, emulator) as demo:
             (child,) = children(demo.pid)
             subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
             time.sleep(delay)
             demo.send_signal(signal.SIGTERM)
             assert demo.wait(timeout=60) in (0, 130), f"killed {delay} s after the unmount"
             assert gone(child)
-        finally:
-            if demo.poll() is None:
-                demo.kill()
-                demo.wait()
-            if is_mounted(mountpoint) or os.path.ismount(mountpoint):
-                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
 
 def test_a_signal_during_the_unmount_lets_it_finish(mount, fresh_emulator):
